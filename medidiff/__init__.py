@@ -1,0 +1,8 @@
+"""medidiff: unsupervised anomaly detection in 3D MRI/CT with MONAI diffusion models.
+
+Data flow, one subpackage per stage:
+``io`` (discover → load Volume → write back) → ``preprocess`` (invertible) →
+``model`` / ``train`` → ``score`` (reconstruct, maps, calibrate) → ``evaluate`` → ``report``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,27 @@
+"""Thin typer CLI. Each command lives in ``medidiff.commands.<name>`` and does
+its heavy imports (torch, monai, pydicom) inside the function, so
+``medidiff --help`` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+from .commands.info import info
+
+app = typer.Typer(
+    name="medidiff",
+    help="Unsupervised anomaly detection in 3D MRI/CT with diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("info")(info)
+
+
+@app.callback()
+def _main() -> None:
+    """medidiff: discover → preprocess → reconstruct → score → calibrate → evaluate → report."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

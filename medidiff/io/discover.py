@@ -1,0 +1,234 @@
+"""Discovery: walk a file or folder tree and account for every file in it.
+
+Returns the scans found (NIfTI files and validated DICOM stacks, each loadable
+into a :class:`~medidiff.volume.Volume`) and the files skipped, each with a
+one-line reason. One unreadable file never stops the walk; DICOM headers are
+read with pixel data deferred so thousands of files stay cheap to scan.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ..volume import Volume
+from . import dicom as dcm
+from .errors import ScanError
+from .naming import scan_id_for_path, scan_id_for_series
+from .nifti import DEFAULT_MAX_VOXELS, checked_shape, is_nifti_path, load_header, read_nifti
+
+# Extensions that are obviously neither NIfTI nor DICOM: skip without parsing.
+NON_SCAN_SUFFIXES = {
+    ".txt", ".md", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xml", ".html", ".htm", ".pdf",
+    ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".svg", ".py", ".sh", ".log",
+    ".zip", ".tar", ".7z", ".parquet", ".jsonl", ".safetensors", ".pt", ".pth", ".npy", ".npz",
+    ".mha", ".mhd", ".nrrd", ".hdr", ".img", ".mgz", ".bval", ".bvec",
+}
+SKIP_DIR_NAMES = {".git", "__pycache__", ".medidiff"}
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass
+class ScanRef:
+    """A scan found by discovery: enough header facts to list it, and ``load()``."""
+
+    scan_id: str
+    format: str
+    paths: list[str]
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    orientation: str
+    modality: str | None = None
+    series_description: str | None = None
+    series_uid: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    _stack: dcm.DicomStack | None = field(default=None, repr=False)
+    _root: Path | None = field(default=None, repr=False)
+
+    @property
+    def source(self) -> str:
+        """One path identifying the scan (the file, or the series' folder)."""
+        if self.format == "nifti" or len(self.paths) == 1:
+            return self.paths[0]
+        return os.path.commonpath(self.paths)
+
+    def load(self, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+        if self._stack is not None:
+            vol = dcm.load_stack(self._stack, scan_id=self.scan_id)
+        else:
+            vol = read_nifti(self.paths[0], root=self._root, max_voxels=max_voxels)
+            vol.provenance.scan_id = self.scan_id
+        vol.provenance.modality = vol.provenance.modality or self.modality
+        return vol
+
+    def to_dict(self) -> dict:
+        return {
+            "scan_id": self.scan_id,
+            "format": self.format,
+            "modality": self.modality,
+            "shape": list(self.shape),
+            "spacing": [round(s, 4) for s in self.spacing],
+            "orientation": self.orientation,
+            "series_description": self.series_description,
+            "series_uid": self.series_uid,
+            "source": self.source,
+            "n_files": len(self.paths),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class Discovery:
+    root: str
+    scans: list[ScanRef] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "scans": [s.to_dict() for s in self.scans],
+            "skipped": [s.to_dict() for s in self.skipped],
+        }
+
+
+def iter_files(root: Path, skipped: list[Skipped]) -> Iterator[Path]:
+    """All regular files under root, following directory symlinks at most once
+    each (symlink loops are reported, not followed forever)."""
+    if root.is_file():
+        yield root
+        return
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: skipped.append(
+            Skipped(str(getattr(e, "filename", root)), f"cannot list folder ({e.strerror or e})"))):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            skipped.append(Skipped(dirpath, "folder already visited through a symlink (loop or duplicate)"))
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIR_NAMES and not d.startswith(".medidiff"))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if name.startswith(".") and ".tmp" in name:
+                continue  # our own in-flight temp files
+            if p.is_symlink() and not p.exists():
+                skipped.append(Skipped(str(p), "broken symlink"))
+                continue
+            if not p.is_file():
+                skipped.append(Skipped(str(p), "not a regular file"))
+                continue
+            yield p
+
+
+def discover(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Discovery:
+    root = Path(path)
+    result = Discovery(root=str(root))
+    if not root.exists():
+        result.skipped.append(Skipped(str(root), "path does not exist"))
+        return result
+    base = root if root.is_dir() else root.parent
+    slice_headers: list[dcm.SliceHeader] = []
+    for p in iter_files(root, result.skipped):
+        try:
+            if is_nifti_path(p):
+                result.scans.append(_nifti_ref(p, base, max_voxels))
+                continue
+            if p.suffix.lower() in NON_SCAN_SUFFIXES:
+                result.skipped.append(Skipped(str(p), f"not a scan file ({p.suffix.lower()})"))
+                continue
+            if p.stat().st_size == 0:
+                result.skipped.append(Skipped(str(p), "empty file (0 bytes)"))
+                continue
+            ds = dcm.read_header(p)
+            reason = dcm.classify(ds, str(p))
+            if reason is None:
+                reason = dcm._pixel_bytes_ok(ds, str(p))
+            if reason is not None:
+                result.skipped.append(Skipped(str(p), reason))
+                continue
+            if dcm.is_enhanced(ds):
+                stack = dcm.stack_from_enhanced(ds, str(p))
+                result.scans.append(_dicom_ref(stack, base))
+            elif int(ds.get("NumberOfFrames", 1) or 1) > 1:
+                result.skipped.append(Skipped(str(p), "multi-frame object without per-frame geometry "
+                                                      "(cine/2D multi-frame), not a volume"))
+            else:
+                slice_headers.append(dcm.slice_header(ds, str(p)))
+        except ScanError as exc:
+            result.skipped.append(Skipped(str(p), exc.reason + (f" ({exc.hint})" if exc.hint else "")))
+        except Exception as exc:  # one bad file never stops the walk
+            result.skipped.append(Skipped(str(p), f"unexpected error: {exc.__class__.__name__}: {exc}"))
+
+    groups = dcm.group_slices(slice_headers)
+    per_uid: dict[str, int] = {}
+    for (uid, *_), headers in groups:
+        idx = per_uid.get(uid, 0)
+        per_uid[uid] = idx + 1
+        try:
+            stack = dcm.stack_from_slices(headers, stack_index=idx)
+            result.scans.append(_dicom_ref(stack, base))
+        except ScanError as exc:
+            reason = exc.reason + (f" ({exc.hint})" if exc.hint else "")
+            for h in headers:
+                result.skipped.append(Skipped(h.path, f"series {uid}: {reason}"))
+    _dedupe_ids(result.scans)
+    result.scans.sort(key=lambda s: s.scan_id)
+    return result
+
+
+def _nifti_ref(p: Path, base: Path, max_voxels: int) -> ScanRef:
+    import nibabel as nib
+    import numpy as np
+
+    img = load_header(p)
+    shape = checked_shape(p, img, max_voxels)
+    return ScanRef(
+        scan_id=scan_id_for_path(p, base),
+        format="nifti",
+        paths=[str(p)],
+        shape=shape,
+        spacing=tuple(float(s) for s in np.linalg.norm(img.affine[:3, :3], axis=0)),  # type: ignore[arg-type]
+        orientation="".join(nib.aff2axcodes(img.affine)),
+        _root=base,
+    )
+
+
+def _dicom_ref(stack: dcm.DicomStack, base: Path) -> ScanRef:
+    import nibabel as nib
+
+    sid = scan_id_for_series(stack.series_uid, stack.modality, stack.series_number)
+    if stack.stack_index:
+        sid += f"_stack{stack.stack_index + 1}"
+    return ScanRef(
+        scan_id=sid,
+        format="dicom-enhanced" if stack.enhanced_frame_order is not None else "dicom",
+        paths=list(stack.paths),
+        shape=stack.shape,
+        spacing=stack.spacing,
+        orientation="".join(nib.aff2axcodes(stack.affine)),
+        modality=stack.modality,
+        series_description=stack.series_description,
+        series_uid=stack.series_uid,
+        warnings=list(stack.warnings),
+        _stack=stack,
+    )
+
+
+def _dedupe_ids(scans: list[ScanRef]) -> None:
+    """Two scans never share an id (and so never share output files)."""
+    seen: dict[str, int] = {}
+    for s in sorted(scans, key=lambda s: (s.scan_id, s.paths[0])):
+        n = seen.get(s.scan_id, 0)
+        seen[s.scan_id] = n + 1
+        if n:
+            s.scan_id = f"{s.scan_id}_{n + 1}"

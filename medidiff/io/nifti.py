@@ -1,0 +1,132 @@
+"""NIfTI reading and writing around :class:`~medidiff.volume.Volume`.
+
+Reading keeps the file's stored orientation (RAS, LPS, permuted, oblique): the
+array is not reoriented, the affine says where each voxel is. Writing a map for
+a scan reuses that scan's shape and affine exactly, as float32.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..volume import Provenance, Volume
+from .atomic import atomic_path
+from .errors import ScanError
+from .naming import scan_id_for_path
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Refuse headers that claim more voxels than this before allocating anything.
+DEFAULT_MAX_VOXELS = int(os.environ.get("MEDIDIFF_MAX_VOXELS", 1024**3 // 2))
+
+
+def is_nifti_path(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_nifti(path: str | os.PathLike, root: Path | None = None,
+               max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+    path = Path(path)
+    img = load_header(path)
+    shape = checked_shape(path, img, max_voxels)
+    affine = img.affine
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except (gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise ScanError(path, f"image data unreadable or truncated ({_one_line(exc)})") from exc
+    finite = np.isfinite(data)
+    warnings = []
+    if not finite.all():
+        frac = 1.0 - finite.mean()
+        if frac > 0.5:
+            raise ScanError(path, f"{frac:.0%} of voxels are NaN/Inf")
+        warnings.append(f"{frac:.2%} NaN/Inf voxels set to 0")
+        data = np.where(finite, data, 0.0).astype(np.float32)
+    prov = Provenance(
+        source_paths=[str(path)],
+        format="nifti",
+        original_dtype=str(img.get_data_dtype()),
+        series_description=_descrip(img),
+        scan_id=scan_id_for_path(path, root),
+        warnings=warnings,
+    )
+    return Volume(data, affine, prov)
+
+
+def load_header(path: Path):
+    """nibabel image proxy (no voxel data read yet), with a one-line error."""
+    try:
+        return nib.load(str(path))
+    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise ScanError(path, f"corrupt gzip stream ({exc.__class__.__name__})") from exc
+    except Exception as exc:  # nibabel raises many types for bad headers
+        raise ScanError(path, f"not a readable NIfTI file ({_one_line(exc)})") from exc
+
+
+def checked_shape(path: Path, img, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[int, int, int]:
+    """Validate a NIfTI header before any voxel is allocated: 3D, sane size,
+    invertible finite affine."""
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ScanError(path, f"{len(shape)}D image of shape {tuple(img.shape)}; medidiff scores 3D volumes only",
+                        "split 4D series into 3D volumes first")
+    if min(shape) < 2:
+        raise ScanError(path, f"shape {shape} is not a volume (a dimension < 2)")
+    n_vox = int(np.prod(shape, dtype=np.int64))
+    if n_vox > max_voxels:
+        raise ScanError(path, f"header claims {n_vox:,} voxels {shape}, over the limit of {max_voxels:,}",
+                        "raise MEDIDIFF_MAX_VOXELS if this is intended")
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ScanError(path, "affine is missing, singular or not finite")
+    return shape  # type: ignore[return-value]
+
+
+def write_nifti(volume_or_array: Volume | np.ndarray, path: str | os.PathLike,
+                like: Volume | None = None, dtype: np.dtype | type = np.float32) -> Path:
+    """Write atomically. With ``like``, the array is written on ``like``'s grid
+    (shape must match, affine copied); the data dtype is always set explicitly
+    so a copied integer header can never quantize a float map."""
+    path = Path(path)
+    if isinstance(volume_or_array, Volume):
+        array, affine = volume_or_array.array, volume_or_array.affine
+    else:
+        if like is None:
+            raise ValueError("writing a bare array needs `like=` to give the grid")
+        array, affine = np.asarray(volume_or_array), like.affine
+    if like is not None and tuple(array.shape) != like.shape:
+        raise ValueError(f"array shape {array.shape} differs from the scan's shape {like.shape}")
+    img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
+    img.set_data_dtype(dtype)
+    img.set_sform(affine, code=1)
+    # qform cannot hold shear (gantry-tilted CT): then only the sform is valid.
+    img.set_qform(affine, code=1 if _is_orthogonal(affine) else 0)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def _is_orthogonal(affine: np.ndarray, tol: float = 1e-6) -> bool:
+    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return bool(np.allclose(cols.T @ cols, np.eye(3), atol=tol))
+
+
+def _descrip(img) -> str | None:
+    try:
+        d = img.header.get("descrip")
+        text = bytes(np.asarray(d).tobytes()).split(b"\0")[0].decode("ascii", "replace").strip()
+        return text or None
+    except Exception:
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else exc.__class__.__name__
