@@ -150,12 +150,15 @@ def _pixel_bytes_ok(ds, path: str) -> str | None:
     except Exception:
         return "missing Rows/Columns/BitsAllocated"
     elem = ds.get_item("PixelData")
-    length = getattr(elem, "length", None)
+    length = getattr(elem, "length", None)  # RawDataElement (possibly deferred)
+    if length is None:  # already a DataElement: the bytes pydicom could read
+        value = getattr(elem, "value", None)
+        length = len(value) if isinstance(value, (bytes, bytearray)) else None
     if length is not None and length != 0xFFFFFFFF and length < expected:
-        return f"pixel data holds {length} bytes, expected {expected}"
-    if length is not None and getattr(elem, "value_tell", None) is not None:
-        if elem.value_tell + min(length, expected) > os.path.getsize(path):
-            return "file is truncated (pixel data runs past end of file)"
+        return f"file is truncated: pixel data holds {length} bytes, expected {expected}"
+    tell = getattr(elem, "value_tell", None)
+    if length is not None and tell is not None and tell + min(length, expected) > os.path.getsize(path):
+        return "file is truncated (pixel data runs past end of file)"
     return None
 
 

@@ -14,8 +14,9 @@ MAX_LEN = 80
 
 def sanitize(text: str, max_len: int = MAX_LEN) -> str:
     """Map arbitrary text to ``[A-Za-z0-9._-]``; never empty, never '.'/'..'."""
-    cleaned = _SAFE.sub("_", text).strip("._-")
-    cleaned = re.sub(r"_+", "_", cleaned)
+    cleaned = _SAFE.sub("_", text)
+    cleaned = re.sub(r"\.{2,}", "_", cleaned)  # no '..' anywhere, even inside a name
+    cleaned = re.sub(r"_+", "_", cleaned).strip("._-")
     if not cleaned or cleaned != text or len(cleaned) > max_len:
         digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
         cleaned = f"{(cleaned or 'scan')[: max_len - 9]}-{digest}"

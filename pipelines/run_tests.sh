@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install (if needed) and run the whole test suite. Used by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash pipelines/install.sh test
+VENV="${MEDIDIFF_VENV:-.venv}"
+exec "$VENV/bin/python" -m pytest -q "$@"
