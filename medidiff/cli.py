@@ -7,6 +7,8 @@ from __future__ import annotations
 import typer
 
 from .commands.info import info
+from .commands.score import calibrate, score
+from .commands.train import train
 
 app = typer.Typer(
     name="medidiff",
@@ -16,6 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("info")(info)
+app.command("train")(train)
+app.command("calibrate")(calibrate)
+app.command("score")(score)
 
 
 @app.callback()

@@ -1,0 +1,281 @@
+"""Batch scoring of a folder: resumable, idempotent, one bad scan never stops the run.
+
+Layout of an output folder::
+
+    OUT/run.json                    model + settings this folder belongs to (never mixed)
+    OUT/scans/<scan_id>/            one folder per scan (id sanitized; never patient text)
+        anomaly_map.nii.gz          float32, the scan's exact shape and affine
+        mask.nii.gz                 uint8 at the calibrated voxel threshold
+        reconstruction.nii.gz       optional
+        seg.dcm, pmap.dcm           for DICOM input: Segmentation + Parametric Map
+        result.json                 written last: its presence marks the scan complete
+    OUT/scores.csv, scores.jsonl    one row per scan (rebuilt from result.json files)
+    OUT/summary.json                counts, failures, skipped files, thresholds
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from ..io.atomic import write_text_atomic
+from ..io.errors import ScanError
+from ..io.naming import safe_join
+from ..io.nifti import write_nifti
+
+RESULT_FILE = "result.json"
+RUN_FILE = "run.json"
+TABLE_COLUMNS = ["scan_id", "source_path", "format", "score", "percentile", "flag", "n_evals", "seconds",
+                 "model_hash", "config_hash", "status", "error"]
+MODALITY_ALIASES = {"mri": {"MR"}, "ct": {"CT"}}
+
+
+class OutputConflict(Exception):
+    """OUT already holds results from another model or other settings."""
+
+
+@dataclass
+class RunSummary:
+    out_dir: str
+    n_found: int = 0
+    n_in_shard: int = 0
+    n_scored: int = 0
+    n_skipped_complete: int = 0
+    n_failed: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    skipped_files: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"{self.n_scored} scored, {self.n_skipped_complete} already complete, {self.n_failed} failed, "
+                f"{len(self.skipped_files)} files skipped (not scans) — results in {self.out_dir}")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'2/4' → (2, 4): the second of four deterministic shards (1-based)."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise ValueError(f"--shard must look like i/n (e.g. 1/4), got {text!r}") from exc
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {text!r}: need 1 <= i <= n")
+    return i, n
+
+
+def in_shard(scan_id: str, shard: tuple[int, int] | None) -> bool:
+    if shard is None:
+        return True
+    i, n = shard
+    return int(hashlib.sha1(scan_id.encode()).hexdigest(), 16) % n == i - 1
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_run_file(out: Path, run_info: dict[str, Any], overwrite: bool) -> None:
+    path = out / RUN_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        same = old.get("model_hash") == run_info["model_hash"] and old.get("config_hash") == run_info["config_hash"]
+        if not same and not overwrite:
+            raise OutputConflict(
+                f"{out}: holds results from model {str(old.get('model_hash', '?'))[:12]} / settings "
+                f"{old.get('config_hash', '?')}; this run uses model {run_info['model_hash'][:12]} / settings "
+                f"{run_info['config_hash']}. Use another --out, or --overwrite to replace them")
+        if not same and overwrite:
+            shutil.rmtree(out / "scans", ignore_errors=True)
+    write_text_atomic(path, json.dumps(run_info, indent=2))
+
+
+def _complete(scan_dir: Path, run_info: dict[str, Any]) -> bool:
+    path = scan_dir / RESULT_FILE
+    if not path.is_file():
+        return False
+    try:
+        res = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    if res.get("status") != "ok":
+        return False
+    if res.get("model_hash") != run_info["model_hash"] or res.get("config_hash") != run_info["config_hash"]:
+        return False
+    return all((scan_dir / rel).is_file() for rel in res.get("outputs", {}).values())
+
+
+def _check_modality(volume, modality: str) -> None:
+    scan_mod = (volume.provenance.modality or "").upper()
+    allowed = MODALITY_ALIASES.get(modality, set())
+    if scan_mod and allowed and scan_mod not in allowed:
+        raise ScanError(volume.provenance.source_paths[0] if volume.provenance.source_paths else volume.scan_id,
+                        f"scan modality {scan_mod} but the model was trained on {modality.upper()}",
+                        "use a model trained for this modality")
+
+
+def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | Path, *,
+                 overrides: tuple[str, ...] = (), config_path: str | Path | None = None,
+                 shard: str | None = None, limit: int | None = None, overwrite: bool = False,
+                 write_reconstruction: bool = False, dicom_outputs: bool = True, device: str = "auto",
+                 progress: bool = True, log: Callable[[str], None] = print) -> RunSummary:
+    import time
+
+    from ..io.discover import discover
+    from ..runtime import resolve_device, set_threads
+    from ..train.checkpoint import load_model
+    from .calibration import Calibration
+    from .config import load_score_config
+    from .pipeline import Scorer
+
+    t_start = time.perf_counter()
+    set_threads()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(model_dir, device=resolve_device(device))
+    calibration = Calibration.load(model_dir, model_hash=loaded.model_hash)
+    # A calibrated model folder carries the settings its thresholds are valid for.
+    base = calibration.score_config if calibration is not None and config_path is None else None
+    cfg = load_score_config(config_path, overrides, base=base)
+    if calibration is not None and calibration.score_config_hash != cfg.hash():
+        log("warning: scoring settings differ from the calibrated ones; thresholds, flags and percentiles "
+            "are not valid for these settings (re-run `medidiff calibrate` with the same --set)")
+    run_info = {
+        "model_hash": loaded.model_hash,
+        "config_hash": cfg.hash(),
+        "score_config": cfg.to_dict(),
+        "calibrated": calibration is not None,
+        "calibration": calibration.to_json() if calibration is not None else None,
+        "medidiff_version": __version__,
+        "model_dir": str(model_dir),
+        "input": str(input_path),
+        "t_star": [int(round(f * loaded.scheduler_factory.num_train_timesteps)) for f in cfg.t_fractions],
+        "started": _now(),
+    }
+    if run_info["calibration"]:
+        run_info["calibration"].pop("healthy_scores", None)
+    _check_run_file(out, run_info, overwrite)
+
+    found = discover(input_path)
+    summary = RunSummary(out_dir=str(out), n_found=len(found.scans),
+                         skipped_files=[s.to_dict() for s in found.skipped])
+    shard_t = parse_shard(shard)
+    todo = [s for s in found.scans if in_shard(s.scan_id, shard_t)]
+    if limit is not None:
+        todo = todo[:limit]
+    summary.n_in_shard = len(todo)
+    scorer = Scorer(loaded, cfg, calibration)
+    scans_root = out / "scans"
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("score", total=len(todo), current="")
+        for ref in todo:
+            bar.update(task, current=ref.scan_id)
+            scan_dir = safe_join(scans_root, ref.scan_id)
+            if not overwrite and _complete(scan_dir, run_info):
+                summary.n_skipped_complete += 1
+                bar.advance(task)
+                continue
+            record: dict[str, Any] = {"scan_id": ref.scan_id, "source_path": ref.source, "format": ref.format,
+                                      "model_hash": loaded.model_hash, "config_hash": run_info["config_hash"]}
+            t0 = time.perf_counter()
+            try:
+                volume = ref.load()
+                _check_modality(volume, loaded.preprocess_config.modality)
+                result = scorer.score_volume(volume, with_reconstruction=write_reconstruction)
+                outputs = _write_outputs(scan_dir, volume, result, loaded.model_hash, dicom_outputs, log)
+                record.update(status="ok", error="", score=result.score, percentile=result.percentile,
+                              flag=result.flag, n_evals=result.n_evals, seconds=round(time.perf_counter() - t0, 3),
+                              outputs=outputs, shape=list(volume.shape), affine=volume.affine.tolist(),
+                              warnings=result.warnings, finished=_now())
+                summary.n_scored += 1
+            except Exception as exc:  # recorded, and the batch goes on
+                reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+                if not isinstance(exc, ScanError):
+                    reason = f"{ref.source}: {exc.__class__.__name__}: {reason}"
+                record.update(status="failed", error=reason, score=None, percentile=None, flag=None,
+                              n_evals=0, seconds=round(time.perf_counter() - t0, 3), outputs={}, finished=_now())
+                summary.n_failed += 1
+                summary.failures.append({"scan_id": ref.scan_id, "error": reason})
+                log(f"failed: {reason}")
+            scan_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(scan_dir / RESULT_FILE, json.dumps(record, indent=2, default=_json_default))
+            bar.advance(task)
+
+    summary.seconds = round(time.perf_counter() - t_start, 2)
+    write_tables(out)
+    summary_dict = dict(summary.__dict__)
+    summary_dict.update(model_hash=loaded.model_hash, config_hash=run_info["config_hash"], finished=_now(),
+                        calibrated=calibration is not None)
+    write_text_atomic(out / "summary.json", json.dumps(summary_dict, indent=2, default=_json_default))
+    return summary
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def _write_outputs(scan_dir: Path, volume, result, model_hash: str, dicom_outputs: bool,
+                   log: Callable[[str], None]) -> dict[str, str]:
+    scan_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {"anomaly_map": "anomaly_map.nii.gz"}
+    write_nifti(result.anomaly_map, scan_dir / outputs["anomaly_map"], like=volume, dtype=np.float32)
+    if result.mask is not None:
+        outputs["mask"] = "mask.nii.gz"
+        write_nifti(result.mask, scan_dir / outputs["mask"], like=volume, dtype=np.uint8)
+    if result.reconstruction is not None:
+        outputs["reconstruction"] = "reconstruction.nii.gz"
+        write_nifti(result.reconstruction, scan_dir / outputs["reconstruction"], like=volume, dtype=np.float32)
+    if dicom_outputs and volume.provenance.format == "dicom":
+        from .dicom_out import write_parametric_map, write_segmentation
+
+        outputs["parametric_map"] = "pmap.dcm"
+        write_parametric_map(volume, result.anomaly_map, scan_dir / outputs["parametric_map"], model_hash)
+        if result.mask is not None:
+            outputs["segmentation"] = "seg.dcm"
+            write_segmentation(volume, result.mask, scan_dir / outputs["segmentation"], model_hash)
+    return outputs
+
+
+def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted((Path(out_dir) / "scans").glob(f"*/{RESULT_FILE}")):
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, OSError):
+            continue
+    return rows
+
+
+def write_tables(out_dir: str | Path) -> None:
+    """scores.csv and scores.jsonl: one row per scan result in OUT (all shards)."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    rows = read_results(out)
+    df = pd.DataFrame([{c: r.get(c) for c in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
+    df = df.sort_values(["status", "score"], ascending=[False, False], na_position="last")
+    write_text_atomic(out / "scores.csv", df.to_csv(index=False))
+    write_text_atomic(out / "scores.jsonl", "".join(json.dumps(r, default=_json_default) + "\n"
+                                                   for r in df.to_dict(orient="records")))

@@ -1,0 +1,102 @@
+"""Scoring settings: how a scan is noised, reconstructed and turned into a map and a score.
+
+Defaults are chosen on sample_data's *validation* split (see BENCHMARKS.md),
+never on the test split. Every field can be overridden with ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+SMOOTHING = ("median", "gaussian", "none")
+NORMALIZATION = ("voxelwise", "global", "none")
+SCORE_TYPES = ("topk_mean", "percentile", "supra_volume")
+
+
+@dataclass
+class ScoreConfig:
+    # Partial noising: t* as fractions of the training timesteps; several levels are averaged.
+    t_fractions: tuple[float, ...] = (0.15,)
+    steps: int = 1  # DDIM steps from t* to 0; 1 = single-step x0 prediction
+    n_draws: int = 4  # noise draws per t*, batched through the network together
+    batch_size: int = 8
+    noise: str | None = None  # None: the model's training noise type
+    precision: str = "auto"
+    seed: int = 0
+    # Residual -> map
+    smoothing: str = "median"
+    smoothing_size: float = 3.0  # median: window in voxels; gaussian: sigma in mm
+    erode_mm: float = 3.0  # foreground erosion: brain/body borders are reconstruction noise
+    normalization: str = "voxelwise"  # needs calibration; falls back to none without it
+    # Map -> scan score
+    score: str = "topk_mean"
+    topk_fraction: float = 0.005
+    percentile: float = 99.9
+    # AutoDDPM-style inpainting refinement
+    refine: bool = False
+    refine_t_fraction: float = 0.1
+    refine_dilate_mm: float = 4.0
+    # Calibration targets
+    voxel_fpr: float = 0.001
+    scan_fpr: float = 0.05
+
+    def __post_init__(self) -> None:
+        if isinstance(self.t_fractions, (int, float)):
+            self.t_fractions = (float(self.t_fractions),)
+        self.t_fractions = tuple(float(t) for t in self.t_fractions)
+        errs = []
+        if not self.t_fractions or any(not 0 < t < 1 for t in self.t_fractions):
+            errs.append(f"t_fractions must be in (0, 1), got {list(self.t_fractions)}")
+        if self.steps < 1:
+            errs.append(f"steps must be >= 1, got {self.steps}")
+        if self.n_draws < 1 or self.batch_size < 1:
+            errs.append("n_draws and batch_size must be >= 1")
+        if self.smoothing not in SMOOTHING:
+            errs.append(f"smoothing must be one of {SMOOTHING}")
+        if self.normalization not in NORMALIZATION:
+            errs.append(f"normalization must be one of {NORMALIZATION}")
+        if self.score not in SCORE_TYPES:
+            errs.append(f"score must be one of {SCORE_TYPES}")
+        if not 0 < self.voxel_fpr < 1 or not 0 < self.scan_fpr < 1:
+            errs.append("voxel_fpr and scan_fpr must be in (0, 1)")
+        if errs:
+            raise ValueError("score config: " + "; ".join(errs))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "ScoreConfig":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown score option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+    def hash(self) -> str:
+        """Hash of the settings that change maps (not batch size or precision-independent)."""
+        d = self.to_dict()
+        d.pop("batch_size")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_score_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                      base: dict[str, Any] | None = None) -> ScoreConfig:
+    """Settings from ``base`` (e.g. the calibrated settings) or an optional YAML
+    (a ``score:`` section or a flat mapping), plus overrides such as
+    ``score.steps=1`` or ``score.t_fractions=[0.1,0.2]``."""
+    from ..model.config import apply_overrides
+
+    d: dict[str, Any] = dict(base or {})
+    if path is not None:
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        d = d.get("score", d)
+    d = apply_overrides({"score": d}, overrides)["score"]
+    return ScoreConfig.from_dict(d)

@@ -1,0 +1,108 @@
+"""Residual → voxel anomaly map → per-scan score, all on the model grid.
+
+The map is |x − x̂| smoothed, restricted to the eroded foreground and, when a
+calibration exists, expressed in units of healthy residual variation (a z-like
+score per voxel), so maps and scores are comparable across scans.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .config import ScoreConfig
+
+
+def residual(image: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    return np.abs(image.astype(np.float32) - recon.astype(np.float32))
+
+
+def smooth(res: np.ndarray, cfg: ScoreConfig, spacing_mm: np.ndarray) -> np.ndarray:
+    if cfg.smoothing == "median":
+        size = max(1, int(round(cfg.smoothing_size)))
+        return ndimage.median_filter(res, size=size, mode="nearest") if size > 1 else res
+    if cfg.smoothing == "gaussian":
+        sigma = cfg.smoothing_size / np.asarray(spacing_mm, dtype=np.float64)
+        return ndimage.gaussian_filter(res, sigma=sigma, mode="nearest")
+    return res
+
+
+def scoring_mask(foreground: np.ndarray, cfg: ScoreConfig, spacing_mm: np.ndarray) -> np.ndarray:
+    """Eroded foreground: voxels near the brain/body border are dominated by
+    reconstruction noise at the intensity edge, not by anomalies."""
+    fg = foreground.astype(bool)
+    radius = np.round(cfg.erode_mm / np.asarray(spacing_mm, dtype=np.float64)).astype(int)
+    if np.any(radius > 0):
+        struct = _ellipsoid(radius)
+        eroded = ndimage.binary_erosion(fg, structure=struct, border_value=0)
+        if eroded.sum() >= 0.2 * fg.sum():  # never erode a small foreground away
+            fg = eroded
+    return fg
+
+
+def _ellipsoid(radius: np.ndarray) -> np.ndarray:
+    r = np.maximum(radius, 0)
+    grids = np.ogrid[tuple(slice(-int(x), int(x) + 1) for x in r)]
+    dist = sum((g / max(x, 1)) ** 2 for g, x in zip(grids, r))
+    return dist <= 1.0
+
+
+def raw_map(image: np.ndarray, recon: np.ndarray, fg_mask: np.ndarray, cfg: ScoreConfig,
+            spacing_mm: np.ndarray) -> np.ndarray:
+    """Smoothed residual inside the scoring mask (0 outside)."""
+    out = smooth(residual(image, recon), cfg, spacing_mm)
+    return np.where(fg_mask, out, 0.0).astype(np.float32)
+
+
+def normalize_map(raw: np.ndarray, fg_mask: np.ndarray, stats: "NormStats | None", cfg: ScoreConfig) -> np.ndarray:
+    if stats is None or cfg.normalization == "none":
+        return raw
+    if cfg.normalization == "global":
+        z = (raw - stats.global_mean) / stats.global_std
+    else:
+        z = (raw - stats.mean) / stats.std
+    return np.where(fg_mask, np.maximum(z, 0.0), 0.0).astype(np.float32)
+
+
+class NormStats:
+    """Healthy residual statistics on the model grid (voxel-wise and global)."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, global_mean: float, global_std: float):
+        self.mean = mean.astype(np.float32)
+        self.std = std.astype(np.float32)
+        self.global_mean = float(global_mean)
+        self.global_std = float(global_std)
+
+    @classmethod
+    def from_sums(cls, s1: np.ndarray, s2: np.ndarray, count: np.ndarray, g1: float, g2: float, gn: float,
+                  smooth_vox: float = 1.5) -> "NormStats":
+        """Voxel-wise mean/std from running sums. The voxel-wise std is smoothed
+        and floored at half the global std: with a handful of healthy scans a raw
+        per-voxel std is too noisy to divide by."""
+        gm = g1 / max(gn, 1)
+        gs = float(np.sqrt(max(g2 / max(gn, 1) - gm * gm, 1e-12)))
+        n = np.maximum(count, 1)
+        mean = s1 / n
+        var = np.maximum(s2 / n - mean * mean, 0.0)
+        mean = np.where(count > 0, mean, gm)
+        var = np.where(count > 1, var, gs * gs)
+        if smooth_vox > 0:
+            mean = ndimage.gaussian_filter(mean, smooth_vox)
+            var = ndimage.gaussian_filter(var, smooth_vox)
+        std = np.maximum(np.sqrt(var), 0.5 * gs)
+        return cls(mean, std, gm, gs)
+
+
+def scan_score(amap: np.ndarray, fg_mask: np.ndarray, cfg: ScoreConfig, voxel_volume_mm3: float,
+               voxel_threshold: float | None = None) -> float:
+    vals = amap[fg_mask]
+    if vals.size == 0:
+        return 0.0
+    if cfg.score == "percentile":
+        return float(np.percentile(vals, cfg.percentile))
+    if cfg.score == "supra_volume":
+        if voxel_threshold is None:
+            raise ValueError("score 'supra_volume' needs a calibrated voxel threshold")
+        return float((vals > voxel_threshold).sum() * voxel_volume_mm3)
+    k = max(1, int(round(cfg.topk_fraction * vals.size)))
+    return float(np.partition(vals, vals.size - k)[-k:].mean())
