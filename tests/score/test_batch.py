@@ -122,7 +122,8 @@ def test_dicom_input_gets_seg_and_parametric_map(calibrated_model, mni_small, tm
     hd = pytest.importorskip("highdicom")
     model_dir, _, _ = calibrated_model
     data, _ = mni_small
-    stored = np.clip(data, 0, None).astype(np.int16)
+    noisy = data * 1.1 + np.random.default_rng(3).normal(0, 2, data.shape)  # like the calibration scans
+    stored = np.clip(noisy, 0, None).astype(np.int16)
     iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     pos = regular_positions((-90.0, 120.0, -70.0), iop, 8.0, stored.shape[2])
     rng = np.random.default_rng(0)
