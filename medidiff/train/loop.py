@@ -1,0 +1,569 @@
+"""The training loop: AdamW, warm-up + cosine LR, gradient clipping, EMA,
+bf16 autocast on capable CPUs / AMP on CUDA, fixed-noise validation, atomic
+checkpoints, bit-for-bit resume, time budget, optional DDP (torchrun).
+
+Determinism: the batch content, augmentation, timesteps and noise of step s on
+rank r are derived from ``(seed, s, r)`` only (see :mod:`.data`), so resuming
+from a checkpoint at step N reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model.config import Config
+from ..model.diffusion import add_noise, build_scheduler, training_target
+from ..model.network import build_network, count_parameters
+from ..model.noise import make_noise
+from . import checkpoint as ckpt
+from .data import PreparedData, make_batch, step_seed
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- environment
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r} (auto | cpu | cuda)")
+    return torch.device(device)
+
+
+def cpu_bf16_supported() -> bool:
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = torch.nn.functional.conv3d(torch.ones(1, 1, 4, 4, 4), torch.ones(1, 1, 3, 3, 3))
+        return y.dtype == torch.bfloat16 and bool(torch.isfinite(y.float()).all())
+    except Exception:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        if precision == "bf16" and device.type == "cpu" and not cpu_bf16_supported():
+            raise RuntimeError("train.precision=bf16 requested but this CPU has no bf16 support")
+        if precision == "fp16" and device.type != "cuda":
+            raise RuntimeError("train.precision=fp16 needs CUDA")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_bf16_supported() else "fp32"
+
+
+def autocast_ctx(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def set_threads(local_world: int = 1, threads: int | None = None) -> int:
+    n = int(threads) if threads else max(1, (os.cpu_count() or 1) // max(1, local_world))
+    torch.set_num_threads(n)
+    return n
+
+
+def dist_info() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def lr_lambda_factory(warmup: int, total: int, min_ratio: float):
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        span = max(1, total - warmup)
+        prog = min(1.0, max(0.0, (step - warmup) / span))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+
+    return f
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    train_loss: float | None
+    val_loss: float | None
+    stopped: str  # "max_steps" | "time_budget"
+    seconds: float
+    steps_per_second: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, train_data: PreparedData, val_data: PreparedData | None, out_dir: str | Path,
+                 device: str | torch.device = "auto", seed: int | None = None, progress: bool = True,
+                 data_summary: dict[str, Any] | None = None, checkpoint_raw: bool = True):
+        self.cfg = cfg
+        self.tc = cfg.train
+        self.train_data = train_data
+        self.val_data = val_data if val_data is not None and len(val_data) else None
+        self.out = Path(out_dir)
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.seed = int(self.tc.seed if seed is None else seed)
+        self.rank, self.world = dist_info()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        self.precision = resolve_precision(self.tc.precision, self.device)
+        self.data_summary = data_summary or {}
+        self.checkpoint_raw = checkpoint_raw
+        if len(train_data) == 0:
+            raise ValueError("no training scans after preprocessing")
+
+        torch.manual_seed(self.seed)  # identical initial weights on every rank
+        self.net = build_network(cfg.model).to(self.device)
+        self.ema = copy.deepcopy(self.net).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.model = self.net
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.tc.lr, betas=tuple(self.tc.betas),
+                                     weight_decay=self.tc.weight_decay)
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lr_lambda_factory(self.tc.warmup_steps, self.tc.max_steps, self.tc.min_lr_ratio))
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.scheduler = build_scheduler(cfg.diffusion, "ddpm")
+        self.T = int(cfg.diffusion.num_train_timesteps)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.n_params = count_parameters(self.net)
+        self._val_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    # -- pieces ---------------------------------------------------------------
+    def _noise(self, shape, gen):
+        return make_noise(self.cfg.diffusion.noise, shape, gen, **dict(self.cfg.diffusion.noise_params))
+
+    def train_step(self, step: int) -> float:
+        tc = self.tc
+        aug = tc.augment
+        x0 = torch.from_numpy(make_batch(self.train_data, step, tc.batch_size, self.rank, self.world,
+                                         self.seed, aug)).to(self.device)
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))
+        t = torch.randint(0, self.T, (x0.shape[0],), generator=gen)
+        noise = self._noise(tuple(x0.shape), gen).to(self.device)
+        x_t = add_noise(self.scheduler, x0, noise, t)
+        target = training_target(self.scheduler, x0, noise, t)
+        self.model.train()
+        with autocast_ctx(self.precision, self.device):
+            out = self.model(x_t, timesteps=t.to(self.device))
+        loss = F.mse_loss(out.float(), target)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        if tc.grad_clip and tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.lr_sched.step()
+        self._ema_update(step)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _ema_update(self, step: int) -> None:
+        d = self.tc.ema_decay
+        if self.tc.ema_warmup:
+            d = min(d, (1 + step) / (10 + step))
+        ema_p = [p for p in self.ema.parameters()]
+        src_p = [p.detach() for p in self.net.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+        for eb, b in zip(self.ema.buffers(), self.net.buffers()):
+            eb.copy_(b)
+
+    def _build_val(self) -> None:
+        vd = self.val_data
+        assert vd is not None
+        B = min(self.tc.batch_size, len(vd))
+        batches = []
+        gen = torch.Generator().manual_seed(step_seed(self.seed, 0, 0, stream=0x7A1))
+        n_total = self.tc.val_batches * B
+        # stratified timesteps over [0, T): every part of the schedule is represented
+        ts = ((torch.arange(n_total, dtype=torch.float64) + 0.5) * self.T / n_total).long().clamp(0, self.T - 1)
+        k = 0
+        for b in range(self.tc.val_batches):
+            idx = [(b * B + j) % len(vd) for j in range(B)]
+            x0 = torch.from_numpy(vd.images[idx][:, None].astype(np.float32))
+            t = ts[k:k + B]
+            k += B
+            noise = self._noise(tuple(x0.shape), gen)
+            batches.append((x0, noise, t))
+        self._val_batches = batches
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        if self.val_data is None:
+            return None
+        if self._val_batches is None:
+            self._build_val()
+        losses = []
+        for x0, noise, t in self._val_batches:  # type: ignore[union-attr]
+            x0, noise = x0.to(self.device), noise.to(self.device)
+            x_t = add_noise(self.scheduler, x0, noise, t)
+            target = training_target(self.scheduler, x0, noise, t)
+            with autocast_ctx(self.precision, self.device):
+                out = self.ema(x_t, timesteps=t.to(self.device))
+            losses.append(float(F.mse_loss(out.float(), target)))
+        return float(np.mean(losses))
+
+    def _all_mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def _any(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    # -- checkpoints ------------------------------------------------------------
+    def _last(self, key: str) -> float | None:
+        for h in reversed(self.history):
+            if h.get(key) is not None:
+                return float(h[key])
+        return None
+
+    def save(self, stopped: str | None = None, seconds: float | None = None) -> None:
+        if not self.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        raw = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        ema = {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
+        meta = {
+            "steps": self.step,
+            "final_train_loss": self._last("loss"),
+            "final_val_loss": self._last("val_loss"),
+            "parameters": self.n_params,
+            "precision": self.precision,
+            "device": str(self.device),
+            "world_size": self.world,
+            "seed": self.seed,
+            "stopped": stopped,
+            "train_seconds": seconds,
+            "training_data": {"train": self.train_data.summary,
+                              "val": self.val_data.summary if self.val_data is not None else None},
+            **({"data_summary": self.data_summary} if self.data_summary else {}),
+        }
+        ckpt.save_model(self.out, ema, self.cfg, meta, raw_state=raw if self.checkpoint_raw else None)
+        scalars = {"history": self.history, "seed": self.seed, "config": self.cfg.to_dict(),
+                   "world_size": self.world, "precision": self.precision}
+        if self.scaler is not None:
+            scalars["grad_scaler"] = {k: (float(v) if torch.is_tensor(v) else v)
+                                      for k, v in self.scaler.state_dict().items()}
+        ckpt.save_train_state(self.out, step=self.step, optimizer=self.opt, lr_scheduler=self.lr_sched,
+                              ema_state=ema, raw_state=raw, scalars=scalars)
+        self.plot()
+
+    def resume(self) -> bool:
+        if not (self.out / ckpt.STATE_META_FILE).is_file():
+            return False
+        tensors, meta = ckpt.load_train_state(self.out)
+        old = meta.get("config", {})
+        new = self.cfg.to_dict()
+        for section in ("preprocess", "model", "diffusion"):
+            if old.get(section) != new.get(section):
+                raise ckpt.CheckpointError(
+                    f"{self.out}: cannot resume, the {section} section of the config differs from the checkpoint's")
+        if int(meta.get("world_size", 1)) != self.world:
+            log.warning("resuming with world size %d (checkpoint: %s): data order changes", self.world,
+                        meta.get("world_size"))
+        if int(meta.get("seed", self.seed)) != self.seed:
+            log.warning("resuming with seed %d but the checkpoint used %s", self.seed, meta.get("seed"))
+        tensors = {k: v.to(self.device) if not k.startswith("rng.") else v for k, v in tensors.items()}
+        self.step = ckpt.restore_train_state(tensors, meta, model=self.net, ema_model=self.ema,
+                                             optimizer=self.opt, lr_scheduler=self.lr_sched)
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
+        self.history = list(meta.get("history", []))
+        return True
+
+    def plot(self) -> None:
+        if not self.history:
+            return
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except Exception:  # pragma: no cover
+            return
+        tr = [(h["step"], h["loss"]) for h in self.history if h.get("loss") is not None]
+        va = [(h["step"], h["val_loss"]) for h in self.history if h.get("val_loss") is not None]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        if tr:
+            ax.plot(*zip(*tr), label="train (window mean)", lw=1)
+        if va:
+            ax.plot(*zip(*va), "o-", label="validation (EMA, fixed noise)", ms=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel("MSE")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        from ..io.atomic import atomic_path
+
+        with atomic_path(self.out / "loss_curve.png") as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+    # -- main loop ---------------------------------------------------------------
+    def run(self, resume: bool = False, max_minutes: float | None = None,
+            max_steps: int | None = None) -> TrainResult:
+        if resume:
+            if self.resume():
+                log.info("resumed at step %d", self.step)
+            elif self.is_main:
+                log.info("no resume state in %s; starting fresh", self.out)
+        total = int(max_steps if max_steps is not None else self.tc.max_steps)
+        budget = None if max_minutes is None else float(max_minutes) * 60.0
+        t_start = time.monotonic()
+        window: list[float] = []
+        step_times: list[float] = []
+        stopped = "max_steps"
+        start_step = self.step
+        prog = _Progress(total, self.step, enabled=self.progress, budget=budget)
+        try:
+            while self.step < total:
+                if budget is not None:
+                    elapsed = time.monotonic() - t_start
+                    est = float(np.median(step_times[-20:])) if step_times else 0.0
+                    if self._any(elapsed + 1.2 * est > budget):
+                        stopped = "time_budget"
+                        break
+                t0 = time.monotonic()
+                loss = self.train_step(self.step)
+                self.step += 1
+                step_times.append(time.monotonic() - t0)
+                window.append(loss)
+                entry: dict[str, Any] | None = None
+                if self.step % self.tc.log_every == 0 or self.step == total:
+                    mean_loss = self._all_mean(float(np.mean(window)))
+                    window = []
+                    entry = {"step": self.step, "loss": mean_loss, "lr": float(self.lr_sched.get_last_lr()[0])}
+                if self.step % self.tc.val_every == 0 or self.step == total:
+                    if self.is_main:
+                        v = self.validate()
+                        if v is not None:
+                            entry = entry or {"step": self.step}
+                            entry["val_loss"] = v
+                if entry is not None and self.is_main:
+                    self.history.append(entry)
+                sps = len(step_times) / max(sum(step_times), 1e-9)
+                prog.update(self.step, loss, sps, self._last("val_loss"))
+                if self.step % self.tc.checkpoint_every == 0 and self.step < total:
+                    self.save(stopped=None, seconds=time.monotonic() - t_start)
+        finally:
+            prog.close()
+        if window and self.is_main:
+            self.history.append({"step": self.step, "loss": float(np.mean(window)),
+                                 "lr": float(self.lr_sched.get_last_lr()[0])})
+        seconds = time.monotonic() - t_start
+        if self.is_main and self.val_data is not None and (not self.history or "val_loss" not in self.history[-1]):
+            if self.step > start_step:
+                self.history[-1]["val_loss"] = self.validate()
+        self.save(stopped=stopped, seconds=seconds)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        done = self.step - start_step
+        return TrainResult(self.out, self.step, self._last("loss"), self._last("val_loss"), stopped, seconds,
+                           (done / sum(step_times)) if step_times else None, list(self.history))
+
+
+class _Progress:
+    """rich progress bar (loss, steps/s, ETA) on rank 0; silent otherwise."""
+
+    def __init__(self, total: int, start: int, enabled: bool, budget: float | None):
+        self.enabled = enabled
+        self.p = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
+                          TextColumn("{task.fields[sps]} step/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                          TimeRemainingColumn(), console=Console(stderr=True), refresh_per_second=2)
+        self.p.start()
+        self.budget = budget
+        self.task = self.p.add_task("train", total=total, completed=start, loss="-", val="-", sps="-")
+
+    def update(self, step: int, loss: float, sps: float, val: float | None) -> None:
+        if self.p is None:
+            return
+        self.p.update(self.task, completed=step, loss=f"{loss:.4f}", sps=f"{sps:.2f}",
+                      val="-" if val is None else f"{val:.4f}")
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+
+
+# ----------------------------------------------------------------------------- top level
+
+def init_distributed(device: torch.device) -> tuple[int, int, int]:
+    """Initialise torch.distributed when launched by torchrun. Returns (rank, world, local_rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, val) indices; at least one val scan when n >= 4 and fraction > 0."""
+    if fraction <= 0 or n < 4:
+        return list(range(n)), []
+    k = max(1, int(round(n * fraction)))
+    perm = np.random.default_rng([int(seed), 0x5E1]).permutation(n)
+    val = sorted(int(i) for i in perm[:k])
+    return [i for i in range(n) if i not in set(val)], val
+
+
+def run_training(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False,
+                 max_minutes: float | None = None, device: str = "auto", seed: int | None = None,
+                 train_split: str | None = "train", val_split: str | None = None,
+                 val_data: str | Path | None = None, progress: bool = True,
+                 threads: int | None = None) -> TrainResult:
+    """Find scans, preprocess once, train. Works single-process and under torchrun."""
+    from .data import list_scans, prepare
+
+    dev = resolve_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    set_threads(local_world if dev.type == "cpu" else 1, threads)
+    rank, world, _ = init_distributed(dev)
+    seed = int(cfg.train.seed if seed is None else seed)
+    data = Path(data)
+    is_manifest = data.is_file() and data.suffix.lower() in (".csv", ".tsv")
+    splits = [train_split] if (is_manifest and train_split) else None
+    sources = list_scans(data, splits)
+    if not sources:
+        raise ValueError(f"{data}: no training scans found" + (f" in split {train_split!r}" if splits else ""))
+    prepared = prepare(sources, cfg.preprocess)
+    if len(prepared) == 0:
+        raise ValueError(f"{data}: none of the {len(sources)} scans could be preprocessed")
+    if val_data is not None or (is_manifest and val_split):
+        vsrc = list_scans(val_data or data, [val_split] if val_split else None)
+        val = prepare(vsrc, cfg.preprocess)
+        train_set = prepared
+    else:
+        tr_idx, va_idx = split_holdout(len(prepared), cfg.train.val_fraction, seed)
+        train_set = prepared.subset(tr_idx)
+        val = prepared.subset(va_idx) if va_idx else None
+    if rank == 0:
+        log.info("training on %d scans, validating on %d", len(train_set), 0 if val is None else len(val))
+    trainer = Trainer(cfg, train_set, val, out, device=dev, seed=seed, progress=progress,
+                      data_summary={"source": str(data), "train_split": train_split, "val_split": val_split})
+    try:
+        return trainer.run(resume=resume, max_minutes=max_minutes)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def dry_run_report(cfg: Config, device: str = "auto", measure: bool = True) -> dict[str, Any]:
+    """Parameter count, precision, and (measured) peak memory / time of one training step."""
+    import resource
+
+    dev = resolve_device(device)
+    set_threads()
+    net = build_network(cfg.model).to(dev)
+    precision = resolve_precision(cfg.train.precision, dev)
+    rep: dict[str, Any] = {"parameters": count_parameters(net), "device": str(dev), "precision": precision,
+                           "threads": torch.get_num_threads(),
+                           "batch_shape": [cfg.train.batch_size, 1, *cfg.preprocess.grid]}
+    if not measure:
+        return rep
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
+    sched = build_scheduler(cfg.diffusion)
+    shape = (cfg.train.batch_size, 1, *cfg.preprocess.grid)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for i in range(2):
+        g = torch.Generator().manual_seed(i)
+        x0 = torch.rand(shape, generator=g).to(dev)
+        t = torch.randint(0, cfg.diffusion.num_train_timesteps, (shape[0],), generator=g)
+        noise = make_noise(cfg.diffusion.noise, shape, g, **dict(cfg.diffusion.noise_params)).to(dev)
+        t0 = time.monotonic()
+        with autocast_ctx(precision, dev):
+            out = net(add_noise(sched, x0, noise, t), timesteps=t.to(dev))
+        loss = F.mse_loss(out.float(), training_target(sched, x0, noise, t))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.monotonic() - t0)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rep.update({"peak_rss_mib": round(rss1, 1), "step_rss_delta_mib": round(rss1 - rss0, 1),
+                "seconds_per_step": round(times[-1], 3)})
+    if dev.type == "cuda":
+        rep["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    return rep
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+__all__ = ["Trainer", "TrainResult", "run_training", "dry_run_report", "resolve_device", "resolve_precision",
+           "cpu_bf16_supported", "split_holdout", "init_distributed"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: python -m medidiff.train --help")
