@@ -260,7 +260,7 @@ def build(out_dir: str | Path, seed: int = 0, *, small: bool = False, spacing: f
                 write_nifti(vol, out_dir / rel, dtype=np.int16)
                 mask_rel = ""
                 if split in ("val", "test"):  # healthy scans get an empty mask: pooled voxel metrics need one
-                    mask_rel = str(Path(split) / "masks" / f"{scan_id}_mask.nii.gz")
+                    mask_rel = str(Path("masks") / split / f"{scan_id}_mask.nii.gz")
                     m = mask if mask is not None else np.zeros(shape, np.uint8)
                     write_nifti(m.astype(np.uint8), out_dir / mask_rel, like=vol, dtype=np.uint8)
                 vol_mm3 = float(mask.sum()) * spacing ** 3 if mask is not None else 0.0
@@ -293,7 +293,7 @@ def build(out_dir: str | Path, seed: int = 0, *, small: bool = False, spacing: f
                            series_description=f"medidiff sample {name}", patient_id=f"SAMPLE{j + 1:02d}",
                            rng_or_seed=np.random.default_rng([seed, 5000 + j]), series_number=j + 1,
                            file_names="random", compression=compression)
-        mask_rel = str(Path("test_dicom_masks") / f"{name}_mask.nii.gz")
+        mask_rel = str(Path("masks") / "test_dicom" / f"{name}_mask.nii.gz")
         write_nifti(m.astype(np.uint8), out_dir / mask_rel, like=dvol, dtype=np.uint8)
         dicom_rows.append({"name": name, "dicom_dir": f"test_dicom/{name}", "source_scan_id": scan_id,
                            "label": label, "mask_path": mask_rel,

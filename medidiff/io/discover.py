@@ -225,7 +225,17 @@ def _dicom_ref(stack: dcm.DicomStack, base: Path) -> ScanRef:
 
 
 def _dedupe_ids(scans: list[ScanRef]) -> None:
-    """Two scans never share an id (and so never share output files)."""
+    """Two scans never share an id (and so never share output files): NIfTI
+    files that share a name get their folders prepended; anything still equal
+    gets a numeric suffix."""
+    by_id: dict[str, list[ScanRef]] = {}
+    for s in scans:
+        by_id.setdefault(s.scan_id, []).append(s)
+    for group in by_id.values():
+        if len(group) > 1:
+            for s in group:
+                if s.format == "nifti" and s._root is not None:
+                    s.scan_id = scan_id_for_path(Path(s.paths[0]), s._root, with_parents=True)
     seen: dict[str, int] = {}
     for s in sorted(scans, key=lambda s: (s.scan_id, s.paths[0])):
         n = seen.get(s.scan_id, 0)

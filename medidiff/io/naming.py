@@ -23,12 +23,16 @@ def sanitize(text: str, max_len: int = MAX_LEN) -> str:
     return cleaned
 
 
-def scan_id_for_path(path: Path, root: Path | None = None) -> str:
-    """Stable id for a file-based scan: its path relative to the discovery root,
-    without NIfTI extensions, sanitized."""
-    rel = path.relative_to(root) if root is not None and path != root else Path(path.name)
-    name = str(rel.with_name(strip_nifti_suffix(rel.name)))
-    return sanitize(name.replace("/", "__"))
+def scan_id_for_path(path: Path, root: Path | None = None, with_parents: bool = False) -> str:
+    """Id for a file-based scan: the file name without NIfTI extensions
+    (``sub-01_T1w.nii.gz`` → ``sub-01_T1w``); with ``with_parents`` (used when two
+    files share a name) the path relative to the discovery root, ``/`` → ``__``."""
+    stem = strip_nifti_suffix(Path(path).name)
+    if not with_parents:
+        return sanitize(stem)
+    rel = Path(path).relative_to(root) if root is not None and Path(path) != root else Path(Path(path).name)
+    parts = [sanitize(p) for p in rel.parent.parts] + [sanitize(stem)]
+    return "__".join(parts)
 
 
 def scan_id_for_series(series_uid: str, modality: str | None, series_number: object | None) -> str:

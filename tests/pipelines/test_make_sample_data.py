@@ -100,7 +100,7 @@ def test_deterministic_by_seed(built, tmp_path):
         a = np.asarray(nib.load(out / r["path"]).dataobj)
         b = np.asarray(nib.load(tmp_path / "again" / r["path"]).dataobj)
         np.testing.assert_array_equal(a, b)
-    for sub in ("test_dicom", "test_dicom_masks"):
+    for sub in ("test_dicom", "masks"):
         d1 = {p.relative_to(out): p.read_bytes() for p in (out / sub).rglob("*") if p.is_file()}
         d2 = {p.relative_to(tmp_path / "again"): p.read_bytes()
               for p in (tmp_path / "again" / sub).rglob("*") if p.is_file()}
