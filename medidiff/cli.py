@@ -7,6 +7,7 @@ from __future__ import annotations
 import typer
 
 from .commands.info import info
+from .commands.report import report
 from .commands.score import calibrate, score
 from .commands.train import train
 
@@ -21,6 +22,7 @@ app.command("info")(info)
 app.command("train")(train)
 app.command("calibrate")(calibrate)
 app.command("score")(score)
+app.command("report")(report)
 
 
 @app.callback()

@@ -42,15 +42,16 @@ def score(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
         raise
-    if report:
-        try:
-            from ..report.build import build_report
-
-            index = build_report(out)
-            typer.echo(f"report: {index}")
-        except ImportError:
-            pass
     typer.echo(summary.line())
+    if report:
+        from ..report.build import build_report
+
+        try:
+            index = build_report(out)
+            typer.echo(f"report: {index.resolve()}")
+        except Exception as exc:  # scoring results are complete; a report failure must not hide them
+            typer.echo(f"warning: report not built ({exc.__class__.__name__}: {exc}); "
+                       f"retry with `medidiff report --run {out}`", err=True)
     raise typer.Exit(1 if summary.n_failed else 0)
 
 

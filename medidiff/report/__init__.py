@@ -1,0 +1,1 @@
+"""Offline HTML report of a scoring run (``medidiff report``)."""
