@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import typer
 
+from .commands.evaluate import baseline, evaluate
 from .commands.info import info
 from .commands.report import report
 from .commands.score import calibrate, score
@@ -23,6 +24,8 @@ app.command("train")(train)
 app.command("calibrate")(calibrate)
 app.command("score")(score)
 app.command("report")(report)
+app.command("evaluate")(evaluate)
+app.command("baseline")(baseline)
 
 
 @app.callback()

@@ -1,0 +1,621 @@
+"""Evaluate a scored output folder (``medidiff score`` or ``medidiff baseline``) against ground truth.
+
+Reads ``OUT/scans/<id>/{result.json, anomaly_map.nii.gz, mask.nii.gz, reconstruction.nii.gz}``
+and writes ``OUT/evaluation/{metrics.json, summary.md, *.png}``.
+
+Definitions (also written into metrics.json under ``definitions``):
+
+* Sample level: the per-scan ``score``; the calibrated decision is the run's ``flag``
+  (threshold chosen on healthy calibration scans, no test labels). Sensitivity at
+  a fixed FPR uses a threshold set on the *evaluated* healthy scans (a metric, not
+  a deployable threshold); with n healthy scans the FPR resolution is 1/n.
+  95% CIs: stratified percentile bootstrap over scans (seeded).
+* Voxel level: pooled over the evaluation foreground of all scans (as MOOD pools
+  them). Foreground = voxels where the *source scan* is nonzero, plus every
+  ground-truth voxel (``--foreground all`` uses every voxel). Healthy scans without
+  a mask contribute negatives only; anomalous scans without a mask are left out of
+  voxel metrics and listed. When the pooled voxel count exceeds ``max_voxels``,
+  voxels of healthy-only scans are subsampled deterministically (every k-th in
+  array order) and weighted by k, so AUROC/AP/Dice stay unbiased estimates.
+* Best Dice: oracle threshold on the pooled evaluated voxels (as papers report
+  ⌈Dice⌉). Calibrated Dice: the run's own ``mask.nii.gz`` (threshold chosen on
+  healthy calibration scans at the configured voxel FPR), computed over the whole volume.
+* Lesion-wise: ground-truth connected components (26-connectivity) are found
+  when the predicted mask overlaps them; predicted components touching no lesion
+  are false-positive components. Size strata use each component's own volume.
+  Anomaly type per component: the scan's type when it has one; for scans with
+  several, the type of the lesion (``lesions.json`` next to the labels) whose
+  centre lies in the component, else whose centre is nearest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..io.atomic import write_text_atomic
+from ..io.naming import safe_join
+from . import metrics as M
+from .labels import LabelRow, read_labels
+
+EVAL_DIR = "evaluation"
+DEFAULT_SIZE_BINS = (100.0, 1000.0)
+AFFINE_TOL = 1e-4
+
+
+class EvaluationError(Exception):
+    pass
+
+
+class GridMismatch(EvaluationError):
+    pass
+
+
+@dataclass
+class EvalOptions:
+    n_boot: int = 1000
+    seed: int = 0
+    fprs: tuple[float, ...] = (0.01, 0.05)
+    foreground: str = "nonzero"  # nonzero | all
+    max_voxels: int = 40_000_000
+    size_bins: tuple[float, ...] = DEFAULT_SIZE_BINS
+    splits: tuple[str, ...] | None = None
+    plots: bool = True
+
+
+@dataclass
+class _Scan:
+    row: LabelRow
+    result: dict[str, Any]
+    scan_dir: Path
+
+
+@dataclass
+class _VoxelPool:
+    scores: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    weights: list[np.ndarray] = field(default_factory=list)
+    size_code: list[np.ndarray] = field(default_factory=list)  # per voxel: -1 negative, else size-bin index
+    type_code: list[np.ndarray] = field(default_factory=list)  # per voxel: -1 negative, else type index
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _clean(o):
+    """JSON-safe: NaN/Inf → None, numpy → python."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        v = float(o)
+        return v if math.isfinite(v) else None
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def size_bin_names(bins: Sequence[float]) -> list[str]:
+    edges = [float(b) for b in bins]
+    names = [f"<{edges[0]:g} mm³"]
+    names += [f"{a:g}–{b:g} mm³" for a, b in zip(edges[:-1], edges[1:])]
+    names.append(f">{edges[-1]:g} mm³")
+    return names
+
+
+def size_bin(volume_mm3: float, bins: Sequence[float]) -> int:
+    return int(np.searchsorted(np.asarray(bins, dtype=np.float64), volume_mm3, side="right"))
+
+
+def _load_nifti(path: Path):
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def check_same_grid(a_shape, a_aff, a_path, b_shape, b_aff, b_path, tol: float = AFFINE_TOL) -> None:
+    if tuple(a_shape) != tuple(b_shape):
+        raise GridMismatch(f"grid mismatch: {a_path} has shape {tuple(a_shape)} but {b_path} has shape "
+                           f"{tuple(b_shape)}; masks must be on the same grid as the maps")
+    diff = float(np.abs(np.asarray(a_aff) - np.asarray(b_aff)).max())
+    if diff > tol:
+        raise GridMismatch(f"grid mismatch: affines of {a_path} and {b_path} differ by up to {diff:.3g} "
+                           f"(tolerance {tol:g}); masks must be on the same grid as the maps")
+
+
+def _load_source(row: LabelRow, result: dict[str, Any]):
+    """The source scan's array and affine (NIfTI or DICOM), for the foreground."""
+    from ..io.nifti import is_nifti_path
+
+    candidates = [p for p in (row.path, Path(result["source_path"]) if result.get("source_path") else None) if p]
+    for p in candidates:
+        if not p.exists():
+            continue
+        if p.is_file() and is_nifti_path(p):
+            return _load_nifti(p) + (p,)
+        from ..io.discover import discover
+
+        found = discover(p).scans
+        if len(found) == 1:
+            vol = found[0].load()
+            return vol.array, vol.affine, p
+    return None
+
+
+def _component_types(gt_labels: np.ndarray, n: int, row: LabelRow, type_names: list[str]) -> np.ndarray:
+    """Type index per component (index 0 unused); -1 = unknown."""
+    out = np.full(n + 1, -1, dtype=np.int16)
+    if not row.types:
+        return out
+    if len(set(row.types)) == 1 or not row.lesions:
+        t = row.types[0] if len(set(row.types)) == 1 else "mixed"
+        if t not in type_names:
+            type_names.append(t)
+        out[1:] = type_names.index(t)
+        return out
+    from scipy import ndimage
+
+    centroids = np.asarray(ndimage.center_of_mass(np.ones_like(gt_labels), gt_labels, range(1, n + 1)))
+    centres, kinds = [], []
+    for les in row.lesions:
+        c = les.get("centre_voxel")
+        k = les.get("kind")
+        if c is None or k is None:
+            continue
+        centres.append(np.asarray(c, dtype=np.float64))
+        kinds.append(str(k))
+    if not centres:
+        return out
+    centres_a = np.stack(centres)
+    inside: dict[int, str] = {}
+    for c, k in zip(centres_a, kinds):
+        idx = tuple(int(round(x)) for x in c)
+        if all(0 <= i < s for i, s in zip(idx, gt_labels.shape)) and gt_labels[idx] > 0:
+            inside[int(gt_labels[idx])] = k
+    for comp in range(1, n + 1):
+        k = inside.get(comp)
+        if k is None:
+            d = np.linalg.norm(centres_a - centroids[comp - 1], axis=1)
+            k = kinds[int(np.argmin(d))]
+        if k not in type_names:
+            type_names.append(k)
+        out[comp] = type_names.index(k)
+    return out
+
+
+def _sample_metrics(y: np.ndarray, s: np.ndarray, flags: np.ndarray | None, opts: EvalOptions) -> dict[str, Any]:
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    out: dict[str, Any] = {"n_scans": int(y.size), "n_anomalous": n_pos, "n_healthy": n_neg}
+    if n_pos == 0 or n_neg == 0:
+        out["note"] = "needs both healthy and anomalous scans"
+        return out
+    boot = dict(n_resamples=opts.n_boot, seed=opts.seed)
+    out["auroc"] = M.auroc(y, s)
+    out["auroc_ci95"] = M.bootstrap_ci(M.auroc, y, s, **boot)
+    out["ap"] = M.average_precision(y, s)
+    out["ap_ci95"] = M.bootstrap_ci(M.average_precision, y, s, **boot)
+    out["prevalence"] = n_pos / y.size
+    if flags is not None:
+        ss = M.sens_spec(y, flags)
+        f = flags.astype(np.float64)
+        out["calibrated"] = {
+            "sensitivity": ss.sensitivity, "specificity": ss.specificity, "tp": ss.tp, "fn": ss.fn, "tn": ss.tn,
+            "fp": ss.fp,
+            "sensitivity_ci95": M.bootstrap_ci(lambda yy, ff: M.sens_spec(yy, ff > 0.5).sensitivity, y, f, **boot),
+            "specificity_ci95": M.bootstrap_ci(lambda yy, ff: M.sens_spec(yy, ff > 0.5).specificity, y, f, **boot),
+        }
+    else:
+        out["calibrated"] = None
+    at_fpr = {}
+    for fpr in opts.fprs:
+        ss = M.sensitivity_at_fpr(y, s, fpr)
+        at_fpr[f"{fpr:g}"] = {
+            "threshold": ss.threshold, "sensitivity": ss.sensitivity, "specificity": ss.specificity,
+            "fpr_resolution": 1.0 / n_neg,
+            "sensitivity_ci95": M.bootstrap_ci(lambda yy, sc, f=fpr: M.sensitivity_at_fpr(yy, sc, f).sensitivity,
+                                               y, s, **boot),
+        }
+    out["at_fpr"] = at_fpr
+    return out
+
+
+def _summ(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0}
+    return {"n": int(v.size), "mean": float(v.mean()), "median": float(np.median(v)),
+            "q25": float(np.quantile(v, 0.25)), "q75": float(np.quantile(v, 0.75)),
+            "min": float(v.min()), "max": float(v.max())}
+
+
+# ----------------------------------------------------------------------------- main entry
+
+def evaluate_run(run_dir: str | Path, labels: str | Path, masks_dir: str | Path | None = None,
+                 opts: EvalOptions | None = None, out_dir: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate ``run_dir`` against ``labels``; writes ``run_dir/evaluation`` (or ``out_dir``)."""
+    from ..score.batch import read_results
+
+    opts = opts or EvalOptions()
+    run_dir = Path(run_dir)
+    if not (run_dir / "scans").is_dir():
+        raise EvaluationError(f"{run_dir}: not a scored output folder (no scans/ folder)")
+    out = Path(out_dir) if out_dir is not None else run_dir / EVAL_DIR
+    rows = read_labels(labels, masks_dir)
+    results = read_results(run_dir)
+    by_id = {r.get("scan_id"): r for r in results}
+    by_src = {}
+    for r in results:
+        if r.get("source_path"):
+            by_src[str(Path(r["source_path"]).resolve())] = r
+
+    def match(row: LabelRow):
+        r = by_id.get(row.scan_id)
+        if r is None and row.path is not None:
+            r = by_src.get(str(row.path.resolve()))
+        return r
+
+    # Which splits: explicit, or those with at least one scan in this run.
+    splits_note = None
+    if opts.splits:
+        rows = [r for r in rows if r.split in opts.splits]
+        splits_used = list(opts.splits)
+    elif any(r.split for r in rows):
+        present = sorted({r.split for r in rows if match(r) is not None and r.split})
+        if present:
+            rows = [r for r in rows if r.split in present]
+            splits_note = f"splits not given: evaluating the split(s) present in the run: {', '.join(present)}"
+        splits_used = present
+    else:
+        splits_used = []
+    if not rows:
+        raise EvaluationError(f"{labels}: no label rows to evaluate (splits {opts.splits})")
+
+    scans: list[_Scan] = []
+    missing, failed = [], []
+    for row in rows:
+        r = match(row)
+        if r is None:
+            missing.append(row.scan_id)
+        elif r.get("status") != "ok" or r.get("score") is None:
+            failed.append({"scan_id": row.scan_id, "error": r.get("error") or f"status {r.get('status')}"})
+        else:
+            # result.json lives in the scan folder named by the (sanitized) scan id
+            scans.append(_Scan(row, r, safe_join(run_dir / "scans", r["scan_id"])))
+    if missing:
+        log(f"warning: {len(missing)} labelled scan(s) not in the run (not scored as anything): "
+            f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}")
+    if failed:
+        log(f"warning: {len(failed)} labelled scan(s) failed in the run and are left out: "
+            f"{', '.join(f['scan_id'] for f in failed[:10])}")
+
+    run_info = {}
+    if (run_dir / "run.json").is_file():
+        try:
+            run_info = json.loads((run_dir / "run.json").read_text())
+        except json.JSONDecodeError:
+            run_info = {}
+
+    report: dict[str, Any] = {
+        "run": str(run_dir), "labels": str(labels), "masks_dir": str(masks_dir) if masks_dir else None,
+        "evaluated": _now(), "method": run_info.get("method") or run_info.get("baseline") or "medidiff",
+        "model_hash": run_info.get("model_hash"), "config_hash": run_info.get("config_hash"),
+        "splits": splits_used, "splits_note": splits_note,
+        "n_labelled": len(rows), "n_evaluated": len(scans), "missing": missing, "failed": failed,
+        "options": {"n_boot": opts.n_boot, "seed": opts.seed, "fprs": list(opts.fprs), "foreground": opts.foreground,
+                    "max_voxels": opts.max_voxels, "size_bins_mm3": list(opts.size_bins)},
+        "definitions": (__doc__ or "").split("Definitions (also written into metrics.json under ``definitions``):")[-1].strip(),
+    }
+    if not scans:
+        report["sample"] = {"note": "no labelled scan was scored successfully"}
+        _write(out, report, None, opts)
+        return report
+
+    # ------------------------------------------------------------------ sample level
+    y = np.array([sc.row.label for sc in scans], dtype=bool)
+    s = np.array([float(sc.result["score"]) for sc in scans])
+    flag_vals = [sc.result.get("flag") for sc in scans]
+    flags = None if any(f is None for f in flag_vals) else np.array([bool(f) for f in flag_vals])
+    report["sample"] = _sample_metrics(y, s, flags, opts)
+    secs = [float(sc.result.get("seconds") or 0.0) for sc in scans]
+    report["seconds_per_scan"] = float(np.mean(secs)) if secs else None
+    report["scans"] = [{"scan_id": sc.row.scan_id, "label": sc.row.label, "score": float(sc.result["score"]),
+                        "flag": sc.result.get("flag"), "types": sc.row.types} for sc in scans]
+    curves: dict[str, Any] = {"sample": (y, s)}
+
+    # ------------------------------------------------------------------ voxel level
+    voxel, vcurves = _voxel_level(scans, opts, log)
+    report["voxel"] = voxel
+    curves.update(vcurves)
+
+    # ------------------------------------------------------------------ reconstruction fidelity
+    report["reconstruction"] = _recon_fidelity(scans)
+    _write(out, report, curves, opts)
+    return report
+
+
+def _voxel_level(scans: list[_Scan], opts: EvalOptions, log) -> tuple[dict[str, Any], dict[str, Any]]:
+    from scipy import ndimage
+
+    with_gt = [sc for sc in scans if sc.row.mask_path is not None or sc.row.label == 0]
+    no_mask = [sc.row.scan_id for sc in scans if sc.row.mask_path is None and sc.row.label == 1]
+    if not any(sc.row.label == 1 and sc.row.mask_path is not None for sc in with_gt):
+        return {"available": False, "note": "no ground-truth masks for anomalous scans",
+                "anomalous_without_mask": no_mask}, {}
+    for sc in with_gt:
+        if sc.row.mask_path is not None and not sc.row.mask_path.is_file():
+            raise EvaluationError(f"{sc.row.scan_id}: mask file {sc.row.mask_path} not found")
+
+    size_names = size_bin_names(opts.size_bins)
+    type_names: list[str] = []
+    pool = _VoxelPool()
+    per_scan: list[dict[str, Any]] = []
+    lesions_cal: list[dict] = []
+    fp_cal: list[tuple[int, int]] = []  # (label, n_fp_components)
+    has_cal_masks = True
+    stride_healthy = 1
+    cache: list[dict[str, Any]] = []
+    cal_tp = cal_fp = cal_fn = 0
+    for i, sc in enumerate(with_gt):
+        map_path = sc.scan_dir / sc.result.get("outputs", {}).get("anomaly_map", "anomaly_map.nii.gz")
+        if not map_path.is_file():
+            raise EvaluationError(f"{sc.row.scan_id}: anomaly map {map_path} missing from the run")
+        amap, aff = _load_nifti(map_path)
+        amap = amap.astype(np.float32)
+        if sc.row.mask_path is not None:
+            gt_raw, gaff = _load_nifti(sc.row.mask_path)
+            check_same_grid(gt_raw.shape, gaff, sc.row.mask_path, amap.shape, aff, map_path)
+            gt = gt_raw > 0
+        else:
+            gt = np.zeros(amap.shape, bool)
+        if opts.foreground == "all":
+            fg = np.ones(amap.shape, bool)
+        else:
+            src = _load_source(sc.row, sc.result)
+            if src is None:
+                raise EvaluationError(f"{sc.row.scan_id}: source scan not found ({sc.row.path or sc.result.get('source_path')}); "
+                                      "it defines the evaluation foreground (or use --foreground all)")
+            sarr, saff, spath = src
+            check_same_grid(sarr.shape, saff, spath, amap.shape, aff, map_path)
+            fg = (sarr != 0) | gt
+        vox_mm3 = float(abs(np.linalg.det(aff[:3, :3])))
+        gt_labels, n_comp = ndimage.label(gt, structure=M.STRUCTURE_26)
+        comp_sizes = np.bincount(gt_labels.ravel(), minlength=n_comp + 1) * vox_mm3
+        comp_size_code = np.array([-1] + [size_bin(v, opts.size_bins) for v in comp_sizes[1:]], dtype=np.int16)
+        comp_type_code = _component_types(gt_labels, n_comp, sc.row, type_names)
+        if i == 0 and opts.max_voxels:
+            est_total = int(fg.sum()) * len(with_gt)
+            n_healthy = sum(1 for x in with_gt if x.row.label == 0)
+            if est_total > opts.max_voxels and n_healthy:
+                excess = est_total - opts.max_voxels
+                healthy_total = int(fg.sum()) * n_healthy
+                stride_healthy = int(math.ceil(healthy_total / max(healthy_total - excess, 1)))
+                log(f"voxel level: ~{est_total:,} foreground voxels over the cap {opts.max_voxels:,}: healthy-only "
+                    f"scans subsampled every {stride_healthy}th voxel (weighted)")
+        vals = amap[fg]
+        lab = gt[fg]
+        w = np.ones(vals.size, np.float32)
+        if sc.row.label == 0 and not gt.any() and stride_healthy > 1:
+            vals, lab = vals[::stride_healthy], lab[::stride_healthy]
+            w = np.full(vals.size, float(stride_healthy), np.float32)
+        comp_fg = gt_labels[fg] if not (sc.row.label == 0 and stride_healthy > 1 and not gt.any()) else None
+        if comp_fg is not None:
+            size_c = np.where(comp_fg > 0, comp_size_code[comp_fg], -1).astype(np.int8)
+            type_c = np.where(comp_fg > 0, comp_type_code[comp_fg], -1).astype(np.int8)
+        else:
+            size_c = np.full(vals.size, -1, np.int8)
+            type_c = np.full(vals.size, -1, np.int8)
+        pool.scores.append(vals.astype(np.float32))
+        pool.labels.append(lab)
+        pool.weights.append(w)
+        pool.size_code.append(size_c)
+        pool.type_code.append(type_c)
+
+        rec: dict[str, Any] = {"scan_id": sc.row.scan_id, "label": sc.row.label, "types": sc.row.types,
+                               "gt_voxels": int(gt.sum()), "gt_volume_mm3": float(gt.sum() * vox_mm3),
+                               "n_lesions": int(n_comp), "voxel_ap": M.average_precision(lab, vals) if lab.any() else None}
+        mask_rel = sc.result.get("outputs", {}).get("mask")
+        mpath = sc.scan_dir / mask_rel if mask_rel else None
+        if mpath is not None and mpath.is_file():
+            pm_raw, paff = _load_nifti(mpath)
+            check_same_grid(pm_raw.shape, paff, mpath, amap.shape, aff, map_path)
+            pm = pm_raw > 0
+            tp = int((pm & gt).sum())
+            fp = int((pm & ~gt).sum())
+            fn = int((~pm & gt).sum())
+            cal_tp, cal_fp, cal_fn = cal_tp + tp, cal_fp + fp, cal_fn + fn
+            rec["dice_calibrated"] = M.dice(pm, gt) if gt.any() else None
+            rec["fp_voxels_calibrated"] = fp
+            det = M.lesion_detection(pm, gt, vox_mm3, gt_labels=gt_labels)
+            for les in det.lesions:
+                les.update(scan_id=sc.row.scan_id, size_bin=size_names[comp_size_code[les["label"]]],
+                           type=type_names[comp_type_code[les["label"]]] if comp_type_code[les["label"]] >= 0 else None)
+            lesions_cal.extend(det.lesions)
+            fp_cal.append((sc.row.label, det.n_fp_components))
+            rec["lesions_detected_calibrated"] = det.n_detected
+            rec["fp_components_calibrated"] = det.n_fp_components
+        else:
+            has_cal_masks = False
+        per_scan.append(rec)
+        cache.append({"sc": sc, "map_path": map_path, "fg_count": int(fg.sum()), "vox_mm3": vox_mm3})
+
+    scores = np.concatenate(pool.scores)
+    labels = np.concatenate(pool.labels)
+    weights = np.concatenate(pool.weights)
+    size_code = np.concatenate(pool.size_code)
+    type_code = np.concatenate(pool.type_code)
+    del pool
+    weighted = bool(stride_healthy > 1)
+    wts = weights if weighted else None
+    res: dict[str, Any] = {
+        "available": True, "n_scans": len(with_gt), "n_voxels": int(scores.size),
+        "n_positive_voxels": int(labels.sum()), "anomalous_without_mask": no_mask,
+        "healthy_subsample_stride": stride_healthy,
+        "foreground": "source scan nonzero ∪ ground truth" if opts.foreground == "nonzero" else "all voxels",
+    }
+    res["auroc"] = M.auroc(labels, scores, wts)
+    res["ap"] = M.average_precision(labels, scores, wts)
+    bd, bthr = M.best_dice(labels, scores, wts)
+    res["best_dice"] = bd
+    res["best_dice_threshold"] = bthr
+    res["best_dice_note"] = "oracle: threshold chosen on these labels"
+    if has_cal_masks:
+        denom = 2 * cal_tp + cal_fp + cal_fn
+        res["calibrated_dice"] = 2 * cal_tp / denom if denom else 1.0
+        res["calibrated_dice_note"] = "the run's mask.nii.gz (threshold from healthy calibration scans), pooled over all scans"
+    else:
+        res["calibrated_dice"] = None
+        res["calibrated_dice_note"] = "not available: the run wrote no mask.nii.gz (uncalibrated?)"
+
+    # strata: each stratum's positives against all negatives
+    neg = ~labels
+    by_size = {}
+    for k, name in enumerate(size_names):
+        sel = neg | (size_code == k)
+        n_pos = int((labels & sel).sum())
+        by_size[name] = {"n_positive_voxels": n_pos,
+                         "auroc": M.auroc(labels[sel], scores[sel], None if wts is None else wts[sel]) if n_pos else None,
+                         "ap": M.average_precision(labels[sel], scores[sel], None if wts is None else wts[sel]) if n_pos else None}
+    by_type = {}
+    for k, name in enumerate(type_names):
+        sel = neg | (type_code == k)
+        n_pos = int((labels & sel).sum())
+        by_type[name] = {"n_positive_voxels": n_pos,
+                         "auroc": M.auroc(labels[sel], scores[sel], None if wts is None else wts[sel]) if n_pos else None,
+                         "ap": M.average_precision(labels[sel], scores[sel], None if wts is None else wts[sel]) if n_pos else None}
+    res["by_size"] = by_size
+    res["by_type"] = by_type
+    res["strata_note"] = "each stratum: its lesion voxels against all healthy-tissue voxels"
+
+    # curves for plots (thinned)
+    dcurve, dthr = M.dice_curve(labels, scores, wts)
+    vcurves = {"voxel": (labels, scores, wts), "dice_threshold": (dthr, dcurve)}
+    del size_code, type_code
+
+    # ------------------------------------------------------------------ second pass at the oracle threshold
+    lesions_orc: list[dict] = []
+    fp_orc: list[tuple[int, int]] = []
+    for rec, c in zip(per_scan, cache):
+        sc = c["sc"]
+        amap, _ = _load_nifti(c["map_path"])
+        gt = (_load_nifti(sc.row.mask_path)[0] > 0) if sc.row.mask_path is not None else np.zeros(amap.shape, bool)
+        pm = amap > bthr
+        rec["dice_oracle_threshold"] = M.dice(pm, gt) if gt.any() else None
+        det = M.lesion_detection(pm, gt, c["vox_mm3"])
+        gt_labels, n_comp = ndimage.label(gt, structure=M.STRUCTURE_26)
+        comp_type_code = _component_types(gt_labels, n_comp, sc.row, type_names)
+        for les in det.lesions:
+            les.update(scan_id=sc.row.scan_id, size_bin=size_names[size_bin(les["volume_mm3"], opts.size_bins)],
+                       type=type_names[comp_type_code[les["label"]]] if comp_type_code[les["label"]] >= 0 else None)
+        lesions_orc.extend(det.lesions)
+        fp_orc.append((sc.row.label, det.n_fp_components))
+        rec["lesions_detected_oracle"] = det.n_detected
+        rec["fp_components_oracle"] = det.n_fp_components
+
+    res["lesion_detection"] = {
+        "calibrated": _lesion_summary(lesions_cal, fp_cal, size_names, type_names) if has_cal_masks else None,
+        "oracle_threshold": _lesion_summary(lesions_orc, fp_orc, size_names, type_names),
+        "rule": "a ground-truth component (26-connected) is found when any predicted voxel overlaps it",
+    }
+    anom = [r for r in per_scan if r["label"] == 1 and r["gt_voxels"] > 0]
+    res["per_scan_dice"] = {
+        "calibrated": _summ([r.get("dice_calibrated") for r in anom]) if has_cal_masks else None,
+        "oracle_threshold": _summ([r.get("dice_oracle_threshold") for r in anom]),
+        "by_type": {t: {"calibrated": _summ([r.get("dice_calibrated") for r in anom if r["types"] == [t]]),
+                        "oracle_threshold": _summ([r.get("dice_oracle_threshold") for r in anom if r["types"] == [t]])}
+                    for t in sorted({r["types"][0] for r in anom if len(r["types"]) == 1})},
+        "note": "anomalous scans with a non-empty mask; by_type uses single-type scans only",
+    }
+    res["per_scan"] = per_scan
+    return res, vcurves
+
+
+def _lesion_summary(lesions: list[dict], fps: list[tuple[int, int]], size_names: list[str],
+                    type_names: list[str]) -> dict[str, Any]:
+    def rate(items):
+        n = len(items)
+        return {"n_lesions": n, "n_detected": sum(1 for x in items if x["detected"]),
+                "detection_rate": (sum(1 for x in items if x["detected"]) / n) if n else None}
+
+    out = rate(lesions)
+    out["by_size"] = {name: rate([x for x in lesions if x["size_bin"] == name]) for name in size_names}
+    out["by_type"] = {t: rate([x for x in lesions if x.get("type") == t]) for t in type_names}
+    healthy = [n for lab, n in fps if lab == 0]
+    anomalous = [n for lab, n in fps if lab == 1]
+    out["fp_components_per_scan"] = {
+        "all": float(np.mean([n for _, n in fps])) if fps else None,
+        "healthy_scans": float(np.mean(healthy)) if healthy else None,
+        "anomalous_scans": float(np.mean(anomalous)) if anomalous else None,
+    }
+    return out
+
+
+def _recon_fidelity(scans: list[_Scan]) -> dict[str, Any]:
+    healthy = [sc for sc in scans if sc.row.label == 0]
+    have = [sc for sc in healthy if (sc.scan_dir / sc.result.get("outputs", {}).get("reconstruction", "reconstruction.nii.gz")).is_file()
+            and sc.result.get("outputs", {}).get("reconstruction")]
+    if not have:
+        return {"available": False,
+                "note": "not available: the run wrote no reconstruction.nii.gz for healthy scans (score with --reconstruction)"}
+    from skimage.metrics import structural_similarity
+
+    psnrs, ssims, per = [], [], []
+    for sc in have:
+        rpath = sc.scan_dir / sc.result["outputs"]["reconstruction"]
+        rec, raff = _load_nifti(rpath)
+        src = _load_source(sc.row, sc.result)
+        if src is None:
+            continue
+        img, saff, spath = src
+        check_same_grid(img.shape, saff, spath, rec.shape, raff, rpath)
+        img = img.astype(np.float64)
+        rec = rec.astype(np.float64)
+        fg = img != 0
+        if not fg.any():
+            continue
+        rng = float(img[fg].max() - img[fg].min())
+        p = M.psnr(img, rec, fg, rng)
+        idx = np.argwhere(fg)
+        lo, hi = idx.min(0), idx.max(0) + 1
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        win = int(min(7, *(b - a for a, b in zip(lo, hi))))
+        win = win if win % 2 else win - 1
+        ssim = float(structural_similarity(img[box], rec[box], data_range=rng, win_size=max(win, 3))) if win >= 3 else float("nan")
+        psnrs.append(p)
+        ssims.append(ssim)
+        per.append({"scan_id": sc.row.scan_id, "psnr_db": p, "ssim": ssim})
+    return {"available": bool(per), "n_scans": len(per), "psnr_db": _summ(psnrs), "ssim": _summ(ssims),
+            "per_scan": per,
+            "definition": "healthy scans; PSNR over source-nonzero voxels with the scan's range there; "
+                          "SSIM (7-voxel window) over the foreground bounding box"}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def _write(out: Path, report: dict[str, Any], curves: dict[str, Any] | None, opts: EvalOptions) -> None:
+    from .report import markdown_summary, write_plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(out, curves) if (curves and opts.plots) else []
+    report["plots"] = plots
+    clean = _clean(report)
+    write_text_atomic(out / "metrics.json", json.dumps(clean, indent=2))
+    write_text_atomic(out / "summary.md", markdown_summary(clean))

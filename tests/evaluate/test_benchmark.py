@@ -1,0 +1,83 @@
+"""pipelines/benchmark.py --quick end to end: tiny random model, tiny MNI-derived cohort."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medidiff.synth import insert_anomaly
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "pipelines" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cohort(root: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    plan = {"train": (2, 0), "calib": (2, 0), "val": (1, 1), "test": (2, 2)}
+    for split, (n_h, n_a) in plan.items():
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        for label, n in ((0, n_h), (1, n_a)):
+            for i in range(n):
+                sid = f"{split}_{'a' if label else 'h'}{i:02d}"
+                arr = data * rng.uniform(0.9, 1.1)
+                arr = np.where(arr > 0, arr + rng.normal(0, 0.02 * arr.max(), arr.shape), 0)
+                mask = np.zeros(arr.shape, np.uint8)
+                kind = ""
+                if label:
+                    kind = ("hyper", "hypo")[i % 2]
+                    arr, mask, _ = insert_anomaly(arr, (8.0,) * 3, kind, rng, diameter_mm=(20, 26), contrast=(0.8, 1.0))
+                nib.save(nib.Nifti1Image(arr.astype(np.float32), affine), root / split / f"{sid}.nii.gz")
+                mpath = ""
+                if split in ("val", "test"):
+                    mpath = f"{split}/masks/{sid}_mask.nii.gz"
+                    nib.save(nib.Nifti1Image(mask, affine), root / mpath)
+                rows.append({"scan_id": sid, "split": split, "path": f"{split}/{sid}.nii.gz", "label": label,
+                             "mask_path": mpath, "anomaly_types": kind, "lesion_volume_mm3": float(mask.sum() * 512)})
+    with open(root / "labels.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_benchmark_quick_end_to_end(tiny_model_dir, mni_small, tmp_path):
+    bench = _load_benchmark()
+    data, affine = mni_small
+    cohort = _cohort(tmp_path / "data", data, affine)
+    out, md = tmp_path / "bench", tmp_path / "BENCH.md"
+    before = sorted(p.name for p in Path(tiny_model_dir).iterdir())
+    res = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(out), "--bench-md", str(md),
+                      "--quick", "--set", "score.batch_size=4", "--baselines",
+                      "intensity-hyper,normative", "--n-boot", "50",
+                      "--no-plots"],
+                     log=lambda m: None)
+    # the model folder is never modified (calibration happens in copies)
+    assert sorted(p.name for p in Path(tiny_model_dir).iterdir()) == before
+    assert {r["t"] for r in res["val_grid"]} == {0.1, 0.25} and res["chosen"]["score"] in ("topk_mean", "percentile")
+    # (the autoencoder's training + layout is covered in tests/baselines; here it would only add minutes)
+    assert set(res["methods"]) == {"medidiff", "intensity-hyper", "normative"}
+    for name, m in res["methods"].items():
+        assert m["row"]["n_missing"] == 0 and m["row"]["n_failed"] == 0, name
+        assert m["row"]["voxel_ap"] is not None and m["row"]["sample_auroc"] is not None, name
+    # test labels never used before evaluation: the medidiff test run was scored once, with the val choice
+    run = json.loads((out / "runs" / "test_medidiff" / "run.json").read_text())
+    assert run["score_config"]["t_fractions"] == [res["chosen"]["t"]]
+    text = md.read_text()
+    for needle in ("| medidiff |", "| intensity-hyper |", "Verdict", "intensity baseline", "t*", "CPU:", "--quick",
+                   "Quick smoke run"):
+        assert needle in text, needle
+    assert (out / "runs" / "test_medidiff" / "evaluation" / "metrics.json").is_file()
+    rec = json.loads((out / "runs" / "test_medidiff" / "evaluation" / "metrics.json").read_text())["reconstruction"]
+    assert rec["available"] and rec["n_scans"] == 2
