@@ -9,42 +9,59 @@ import os
 import torch
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def set_threads(n: int | None = None) -> int:
-    """Use every core for intra-op parallelism and none for inter-op: on a
-    2-core machine extra pools (or DataLoader workers) only oversubscribe."""
-    n = n or int(os.environ.get("MEDIDIFF_THREADS", 0)) or (os.cpu_count() or 1)
-    torch.set_num_threads(n)
-    return n
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r} (auto | cpu | cuda)")
+    return torch.device(device)
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX512-BF16 / AMX); without
-    it bf16 autocast is emulated and slower than fp32."""
+def cpu_bf16_supported() -> bool:
+    """Native bf16 on this CPU (AVX512-BF16/AMX via oneDNN), checked by running a
+    tiny conv under autocast: without native support bf16 is emulated and slower."""
     try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = torch.nn.functional.conv3d(torch.ones(1, 1, 4, 4, 4), torch.ones(1, 1, 3, 3, 3))
+        return y.dtype == torch.bfloat16 and bool(torch.isfinite(y.float()).all())
+    except Exception:
         return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' → bf16 on CPUs with native bf16, bf16/fp16 AMP on CUDA, else fp32."""
+    if precision != "auto":
+        if precision == "bf16" and device.type == "cpu" and not cpu_bf16_supported():
+            raise RuntimeError("precision bf16 requested but this CPU has no bf16 support")
+        if precision == "fp16" and device.type != "cuda":
+            raise RuntimeError("precision fp16 needs CUDA")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_bf16_supported() else "fp32"
+
+
+def autocast_ctx(precision: str, device: torch.device):
+    """Autocast for an already-resolved precision."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def autocast(device: torch.device, precision: str = "auto"):
-    """Autocast context: bf16 on CPUs that support it, fp16 on CUDA, else none."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if device.type == "cpu":
-        if precision == "bf16" or (precision == "auto" and cpu_supports_bf16()):
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    return autocast_ctx(resolve_precision(precision, device), device)
+
+
+def set_threads(local_world: int = 1, threads: int | None = None) -> int:
+    """Intra-op threads = cores / processes on this node (MEDIDIFF_THREADS wins):
+    on a 2-core machine extra threads or DataLoader workers only oversubscribe."""
+    env = int(os.environ.get("MEDIDIFF_THREADS", 0) or 0)
+    n = int(threads) if threads else env or max(1, (os.cpu_count() or 1) // max(1, local_world))
+    torch.set_num_threads(n)
+    return n

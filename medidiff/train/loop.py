@@ -9,7 +9,6 @@ from a checkpoint at step N reproduces an uninterrupted run exactly.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -31,56 +30,12 @@ from ..model.network import build_network, count_parameters
 from ..model.noise import make_noise
 from . import checkpoint as ckpt
 from .data import PreparedData, make_batch, step_seed
+from ..runtime import autocast_ctx, cpu_bf16_supported, resolve_device, resolve_precision, set_threads
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- environment
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ValueError(f"unknown device {device!r} (auto | cpu | cuda)")
-    return torch.device(device)
-
-
-def cpu_bf16_supported() -> bool:
-    try:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = torch.nn.functional.conv3d(torch.ones(1, 1, 4, 4, 4), torch.ones(1, 1, 3, 3, 3))
-        return y.dtype == torch.bfloat16 and bool(torch.isfinite(y.float()).all())
-    except Exception:
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        if precision == "bf16" and device.type == "cpu" and not cpu_bf16_supported():
-            raise RuntimeError("train.precision=bf16 requested but this CPU has no bf16 support")
-        if precision == "fp16" and device.type != "cuda":
-            raise RuntimeError("train.precision=fp16 needs CUDA")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_bf16_supported() else "fp32"
-
-
-def autocast_ctx(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def set_threads(local_world: int = 1, threads: int | None = None) -> int:
-    n = int(threads) if threads else max(1, (os.cpu_count() or 1) // max(1, local_world))
-    torch.set_num_threads(n)
-    return n
 
 
 def dist_info() -> tuple[int, int]:
