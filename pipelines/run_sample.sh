@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Install (if needed) and run the main job on the bundled sample data.
+# Install (if needed), then the main job on the bundled sample data with the
+# bundled, calibrated model: score the test split (NIfTI and DICOM copies),
+# evaluate against its labels, and build the HTML report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash pipelines/install.sh data
+bash pipelines/install.sh test
 VENV="${MEDIDIFF_VENV:-.venv}"
-"$VENV/bin/medidiff" info sample_data
+OUT="${1:-out/sample}"
+MD="$VENV/bin/medidiff"
+status=0
+"$MD" score --model models/sample --input sample_data/test --out "$OUT" --no-report || status=$?
+"$MD" score --model models/sample --input sample_data/test_dicom --out "$OUT" --no-report || status=$?
+"$MD" evaluate --run "$OUT" --labels sample_data/labels.csv --split test || status=$?
+"$MD" report --run "$OUT" --labels sample_data/labels.csv
+exit $status

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep train.max_steps from the config instead of fitting it to the budget")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--ship", action=argparse.BooleanOptionalAction, default=True,
+                    help="after training keep only EMA weights in model.safetensors (default on)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -103,8 +105,26 @@ def main(argv: list[str] | None = None) -> int:
                    "stopped": res.stopped, "seconds": round(res.seconds, 1),
                    "steps_per_second": res.steps_per_second, "peak_rss_mib": round(peak_rss_mib(), 1),
                    "out": str(res.run_dir)})
+    if args.ship:
+        report["shipped_model_hash"] = ship(args.out)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def ship(run_dir: Path) -> str:
+    """Keep only the EMA weights in model.safetensors (what scoring loads) so the
+    committed model stays small; the resume state stays in train_state.* (not committed)."""
+    from safetensors.torch import load_file
+
+    from medidiff.model.config import Config
+    from medidiff.train.checkpoint import read_metadata, save_model
+
+    meta = read_metadata(run_dir)
+    tensors = load_file(str(run_dir / "model.safetensors"))
+    ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "medidiff_version", "torch_version",
+                                                       "config", "preprocess", "diffusion", "model_hash", "weights")}
+    return save_model(run_dir, ema, Config.from_dict(meta["config"]), keep)
 
 
 if __name__ == "__main__":
