@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import __version__
 from ..io.atomic import write_text_atomic
+from ..io.content import check_content
 from ..io.errors import ScanError
 from ..io.naming import safe_join
 from ..io.nifti import write_nifti
@@ -40,6 +41,10 @@ MODALITY_ALIASES = {"mri": {"MR"}, "ct": {"CT"}}
 
 class OutputConflict(Exception):
     """OUT already holds results from another model or other settings."""
+
+
+class OutputError(Exception):
+    """OUT cannot be created or written (a file in the way, no permission, disk full)."""
 
 
 @dataclass
@@ -56,7 +61,8 @@ class RunSummary:
 
     def line(self) -> str:
         return (f"{self.n_scored} scored, {self.n_skipped_complete} already complete, {self.n_failed} failed, "
-                f"{len(self.skipped_files)} files skipped (not scans) — results in {self.out_dir}")
+                f"{len(self.skipped_files)} files skipped (not usable scans; reasons in summary.json) — "
+                f"results in {self.out_dir}")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -83,8 +89,46 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def prepare_out(out: Path) -> None:
+    """Create OUT and prove it is writable, or raise :class:`OutputError` with one line."""
+    import tempfile
+
+    try:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a folder; choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create or write the output folder ({exc.strerror or exc}); "
+                          "choose a writable --out") from exc
+
+
+def _foreign_results(out: Path, run_info: dict[str, Any]) -> str | None:
+    """Without run.json, scan results left by another model/settings still count as a conflict."""
+    for path in sorted((out / "scans").glob(f"*/{RESULT_FILE}"))[:1000]:
+        try:
+            res = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+            continue
+        if res.get("model_hash") != run_info["model_hash"] or res.get("config_hash") != run_info["config_hash"]:
+            return f"{str(res.get('model_hash', '?'))[:12]} / settings {res.get('config_hash', '?')}"
+    return None
+
+
 def _check_run_file(out: Path, run_info: dict[str, Any], overwrite: bool) -> None:
     path = out / RUN_FILE
+    if not path.is_file() and (out / "scans").is_dir():
+        other = _foreign_results(out, run_info)
+        if other and not overwrite:
+            raise OutputConflict(
+                f"{out}: has no {RUN_FILE} but holds scan results from model {other}; this run uses model "
+                f"{run_info['model_hash'][:12]} / settings {run_info['config_hash']}. Use another --out, "
+                "or --overwrite to replace them")
+        if other and overwrite:
+            shutil.rmtree(out / "scans", ignore_errors=True)
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -142,7 +186,7 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
     t_start = time.perf_counter()
     set_threads()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)
     loaded = load_model(model_dir, device=resolve_device(device))
     calibration = Calibration.load(model_dir, model_hash=loaded.model_hash)
     # A calibrated model folder carries the settings its thresholds are valid for.
@@ -165,9 +209,17 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
     }
     if run_info["calibration"]:
         run_info["calibration"].pop("healthy_scores", None)
-    _check_run_file(out, run_info, overwrite)
+    try:
+        _check_run_file(out, run_info, overwrite)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write {RUN_FILE} ({exc.strerror or exc}); choose a writable --out") from exc
 
-    found = discover(input_path)
+    # The output folder is never read as input (it may lie inside the input tree).
+    found = discover(input_path, exclude=[out])
+    from ..io.discover import group_skipped
+
+    for where, n, reason in group_skipped(found.skipped):
+        log(f"skipped: {where}{f' ({n} files)' if n > 1 else ''}: {reason}")
     summary = RunSummary(out_dir=str(out), n_found=len(found.scans),
                          skipped_files=[s.to_dict() for s in found.skipped])
     shard_t = parse_shard(shard)
@@ -194,10 +246,18 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
             record: dict[str, Any] = {"scan_id": ref.scan_id, "source_path": ref.source, "format": ref.format,
                                       "model_hash": loaded.model_hash, "config_hash": run_info["config_hash"]}
             t0 = time.perf_counter()
+            _remove_stale_temps(scan_dir)
             try:
                 volume = ref.load()
                 _check_modality(volume, loaded.preprocess_config.modality)
-                result = scorer.score_volume(volume, with_reconstruction=write_reconstruction)
+                check_content(volume)
+                result = scorer.score_volume(volume, with_reconstruction=write_reconstruction, keep_model_grid=True)
+                mg, result.model_grid = result.model_grid, None
+                if mg is not None and not mg.mask.any():
+                    raise ScanError(ref.source, "no foreground found to score (the image is blank or nearly "
+                                                "constant after preprocessing)",
+                                    "check the scan; for CT or unusual contrasts set preprocess.foreground")
+                del mg
                 outputs = _write_outputs(scan_dir, volume, result, loaded.model_hash, dicom_outputs, log)
                 record.update(status="ok", error="", score=result.score, percentile=result.percentile,
                               flag=result.flag, n_evals=result.n_evals, seconds=round(time.perf_counter() - t0, 3),
@@ -206,8 +266,15 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
                 summary.n_scored += 1
             except Exception as exc:  # recorded, and the batch goes on
                 reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-                if not isinstance(exc, ScanError):
-                    reason = f"{ref.source}: {exc.__class__.__name__}: {reason}"
+                if isinstance(exc, MemoryError):
+                    reason = (f"{ref.source}: out of memory while scoring {tuple(ref.shape)} voxels "
+                              "(score it alone, or lower MEDIDIFF_MAX_VOXELS to skip such scans)")
+                elif isinstance(exc, OSError) and not isinstance(exc, ScanError):
+                    reason = (f"{ref.source}: cannot write outputs to {scan_dir} ({exc.strerror or reason}); "
+                              "check free space and permissions of --out, then re-run (finished scans are kept)")
+                elif not isinstance(exc, ScanError):
+                    reason = (f"{ref.source}: unexpected {exc.__class__.__name__}: {reason} "
+                              "(please report this with the scan's header)")
                 record.update(status="failed", error=reason, score=None, percentile=None, flag=None,
                               n_evals=0, seconds=round(time.perf_counter() - t0, 3), outputs={}, finished=_now())
                 summary.n_failed += 1
@@ -224,6 +291,17 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
                         calibrated=calibration is not None)
     write_text_atomic(out / "summary.json", json.dumps(summary_dict, indent=2, default=_json_default))
     return summary
+
+
+def _remove_stale_temps(scan_dir: Path) -> None:
+    """Temp files left by a run that was killed while writing this scan's outputs."""
+    if not scan_dir.is_dir():
+        return
+    for p in scan_dir.glob(".*.tmp*"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 def _json_default(o):

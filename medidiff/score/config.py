@@ -29,7 +29,9 @@ class ScoreConfig:
     noise: str | None = None  # None: the model's training noise type
     precision: str = "auto"
     seed: int = 0
-    # Residual -> map
+    # Residual -> map; structural_weight > 0 adds w * (1 - local SSIM(x, x̂))
+    structural_weight: float = 0.0
+    ssim_sigma_mm: float = 6.0
     smoothing: str = "median"
     smoothing_size: float = 3.0  # median: window in voxels; gaussian: sigma in mm
     erode_mm: float = 3.0  # foreground erosion: brain/body borders are reconstruction noise

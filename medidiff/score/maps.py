@@ -17,6 +17,22 @@ def residual(image: np.ndarray, recon: np.ndarray) -> np.ndarray:
     return np.abs(image.astype(np.float32) - recon.astype(np.float32))
 
 
+def structural_dissimilarity(image: np.ndarray, recon: np.ndarray, sigma_vox: np.ndarray,
+                             data_range: float = 1.0) -> np.ndarray:
+    """1 − local SSIM with a Gaussian window: catches texture and contrast changes
+    that a plain intensity residual under-weights."""
+    x = image.astype(np.float64)
+    y = recon.astype(np.float64)
+    g = lambda a: ndimage.gaussian_filter(a, sigma_vox, mode="nearest")  # noqa: E731
+    mx, my = g(x), g(y)
+    vx = g(x * x) - mx * mx
+    vy = g(y * y) - my * my
+    cxy = g(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return np.clip(1.0 - ssim, 0.0, 2.0).astype(np.float32)
+
+
 def smooth(res: np.ndarray, cfg: ScoreConfig, spacing_mm: np.ndarray) -> np.ndarray:
     if cfg.smoothing == "median":
         size = max(1, int(round(cfg.smoothing_size)))
@@ -49,8 +65,12 @@ def _ellipsoid(radius: np.ndarray) -> np.ndarray:
 
 def raw_map(image: np.ndarray, recon: np.ndarray, fg_mask: np.ndarray, cfg: ScoreConfig,
             spacing_mm: np.ndarray) -> np.ndarray:
-    """Smoothed residual inside the scoring mask (0 outside)."""
-    out = smooth(residual(image, recon), cfg, spacing_mm)
+    """Smoothed residual (plus the optional structural term) inside the scoring mask (0 outside)."""
+    res = residual(image, recon)
+    if cfg.structural_weight > 0:
+        sigma = cfg.ssim_sigma_mm / np.asarray(spacing_mm, dtype=np.float64) / 2.355  # FWHM → sigma
+        res = res + cfg.structural_weight * structural_dissimilarity(image, recon, sigma)
+    out = smooth(res, cfg, spacing_mm)
     return np.where(fg_mask, out, 0.0).astype(np.float32)
 
 

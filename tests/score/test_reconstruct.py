@@ -93,3 +93,21 @@ def test_norm_stats_from_sums_matches_numpy():
     st = NormStats.from_sums(s1, s2, cnt, maps.sum(), (maps ** 2).sum(), maps.size, smooth_vox=0)
     np.testing.assert_allclose(st.mean, maps.mean(0), atol=1e-6)
     np.testing.assert_allclose(st.std, np.maximum(maps.std(0), 0.5 * maps.std()), atol=1e-6)
+
+
+def test_structural_term_sees_texture_change_with_same_mean():
+    from medidiff.score.maps import structural_dissimilarity
+
+    rng = np.random.default_rng(0)
+    recon = (0.5 + rng.normal(0, 0.01, (24, 24, 24))).astype(np.float32)
+    image = recon.copy()
+    inside = np.zeros(image.shape, bool)
+    inside[8:16, 8:16, 8:16] = True
+    # same mean, different texture: a ±0.05 checkerboard replaces the patch
+    checker = (np.indices(image.shape).sum(0) % 2 * 2 - 1) * 0.05
+    image[inside] = 0.5 + checker[inside]
+    dis = structural_dissimilarity(image, recon, np.full(3, 1.0))
+    far = np.ones(image.shape, bool)
+    far[4:20, 4:20, 4:20] = False
+    assert dis[inside].mean() > 5 * dis[far].mean()
+    assert np.allclose(structural_dissimilarity(recon, recon, np.full(3, 1.0)), 0.0, atol=1e-6)
