@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="at most this many scans per split (per label)")
     p.add_argument("--baselines", default="intensity-hyper,intensity-hypo,intensity-abs,normative,autoencoder")
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-refine", action="store_true", help="don't try the inpainting refinement on val")
+    p.add_argument("--no-refine", action="store_true", help="don't try the inpainting refinement on val "
+                   "(variants refine=inpainting, ssim=structural term are tried on the best t* x K)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: t* in {0.1, 0.25}, K=1, two score types, <=3 scans per split and label, "
                         "AE 20 steps, 200 bootstrap resamples")
@@ -206,15 +207,19 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
             r = run_setting(model, tag, ov, splits["calib"], splits["val"], out, labels, a.n_boot, a.device, log)
             val_rows.append({"t": t, "k": k, **_row(r["report"]), "overrides": ov})
     best = max(val_rows, key=lambda r: -1 if r["voxel_ap"] is None else r["voxel_ap"])
-    if not a.no_refine:
-        tag = f"val_t{best['t']:g}_k{best['k']}_refine"
-        ov = best["overrides"] + ["score.refine=true"]
+    # single-knob variants of the best t* x K, kept only if they beat it on val voxel AP
+    variants = [] if a.no_refine else [("refine", ["score.refine=true"])]
+    variants.append(("ssim", ["score.structural_weight=0.5"]))
+    base_best = best
+    for name, extra in variants:
+        tag = f"val_t{base_best['t']:g}_k{base_best['k']}_{name}"
+        ov = base_best["overrides"] + extra
         r = run_setting(model, tag, ov, splits["calib"], splits["val"], out, labels, a.n_boot, a.device, log)
-        row = {"t": best["t"], "k": best["k"], "refine": True, **_row(r["report"]), "overrides": ov}
+        row = {"t": base_best["t"], "k": base_best["k"], "variant": name, **_row(r["report"]), "overrides": ov}
         val_rows.append(row)
         if row["voxel_ap"] is not None and row["voxel_ap"] > (best["voxel_ap"] or -1):
             best = row
-    chosen = {"t": best["t"], "k": best["k"], "refine": bool(best.get("refine"))}
+    chosen = {"t": best["t"], "k": best["k"], "variant": best.get("variant", "")}
     score_rows = []
     types = [s for s in a.score_types.split(",") if s]
     if any("score.score=" in o for o in base):
@@ -331,12 +336,12 @@ def render(result: dict[str, Any], methods: dict[str, Any]) -> str:
         L += ["", f"medidiff reconstruction fidelity on healthy test scans: PSNR median {rec['median']:.2f} dB."]
     L += ["", "## Verdict", ""] + verdict(result)
     L += ["", "## Settings chosen on val (by voxel AP; score type by sample AUROC)", "",
-          "| t* (fraction of T) | K (DDIM steps) | refine | val voxel AP | val voxel AUROC | val best Dice | "
+          "| t* (fraction of T) | K (DDIM steps) | variant | val voxel AP | val voxel AUROC | val best Dice | "
           "val sample AUROC | s/scan |", "|---|---|---|---|---|---|---|---|"]
     ch = result["chosen"]
     for r in result["val_grid"]:
-        mark = " ✔" if (r["t"], r["k"], bool(r.get("refine"))) == (ch["t"], ch["k"], bool(ch.get("refine"))) else ""
-        L.append(f"| {r['t']:g}{mark} | {r['k']} | {'yes' if r.get('refine') else 'no'} | {_f(r['voxel_ap'])} | "
+        mark = " ✔" if (r["t"], r["k"], r.get("variant", "")) == (ch["t"], ch["k"], ch.get("variant", "")) else ""
+        L.append(f"| {r['t']:g}{mark} | {r['k']} | {r.get('variant') or '-'} | {_f(r['voxel_ap'])} | "
                  f"{_f(r['voxel_auroc'])} | {_f(r['best_dice'])} | {_f(r['sample_auroc'])} | "
                  f"{_f(r.get('seconds_per_scan'), 2)} |")
     if result["val_score_types"]:
