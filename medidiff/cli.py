@@ -10,6 +10,7 @@ from .commands.evaluate import baseline, evaluate
 from .commands.info import info
 from .commands.report import report
 from .commands.score import calibrate, score
+from .commands.synthesize import synthesize
 from .commands.train import train
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("score")(score)
 app.command("report")(report)
 app.command("evaluate")(evaluate)
 app.command("baseline")(baseline)
+app.command("synthesize")(synthesize)
 
 
 @app.callback()

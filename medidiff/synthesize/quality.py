@@ -1,0 +1,348 @@
+"""Quality of synthetic volumes: diversity, distance to real healthy scans, memorization.
+
+All metrics work on model-grid arrays in model units (the same grid and
+normalisation the network was trained on); real scans are brought there with
+the model's own preprocessing.
+
+* **Diversity**: mean pairwise MS-SSIM among samples (MONAI
+  ``MultiScaleSSIMMetric``, data range 1). MONAI's default 5 scales x 11-voxel
+  kernel needs > 160 voxels per side, so the number of scales and the kernel are
+  chosen to fit the grid (``msssim_settings``; 1 scale = plain SSIM). Lower mean
+  MS-SSIM = more diverse; a collapsed model gives values near 1.
+* **Distance to real scans** (``--reference``): unbiased RBF-kernel MMD² on 2x
+  average-pooled volumes (median-heuristic bandwidth), MONAI's linear-kernel
+  ``MMDMetric`` (compares means only), 1-D Wasserstein distance between pooled
+  foreground intensity histograms, and foreground-volume statistics.
+* **Memorization** (``--train-data``): for every sample, the training scan with
+  the highest normalized cross-correlation after the model's preprocessing.
+  Plain whole-volume NCC is dominated by what all brains share (outline,
+  background, tissue layout): between *distinct* subjects of the sample data
+  it is 0.94-0.98, so any fixed threshold near 0.95 flags good samples. The
+  flag therefore uses the *subject-specific* NCC: NCC of the residuals after
+  subtracting the mean training image (needs >= 3 training scans, else plain
+  NCC). Measured on sample_data/train (24 scans, 4 mm grid): distinct subjects
+  0.29-0.68 (nearest neighbour), an exact copy 1.0, a copy plus 5% noise 0.96.
+  Samples at or above ``threshold`` (default 0.9) are flagged; plain NCC and the
+  leave-one-out nearest-neighbour statistics between training scans are reported
+  as yardsticks, and samples closer to a training scan than any training scan is
+  to another are listed (``closer_than_any_train_pair``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def foreground(image: np.ndarray) -> np.ndarray:
+    """Brain/body mask of a model-grid image (same estimator the anomaly inserter uses)."""
+    from ..synth.anomalies import estimate_brain_mask
+
+    img = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(img).all() or float(img.max() - img.min()) <= 0:
+        return np.zeros(img.shape, bool)
+    return estimate_brain_mask(img)
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0, "mean": None, "std": None, "min": None, "median": None, "max": None}
+    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+            "median": float(np.median(v)), "max": float(v.max())}
+
+
+def msssim_settings(shape: Sequence[int]) -> tuple[int, tuple[float, ...]]:
+    """(kernel_size, weights) for the largest MS-SSIM that fits ``shape``.
+
+    MONAI requires min(shape) > (kernel - 1) * 2^(scales - 1). Prefer 7-voxel
+    kernels, then 5, then 3, with as many of the standard 5 scales as fit
+    (weights renormalised)."""
+    m = int(min(shape))
+    for k in (7, 5, 3):
+        for n in range(5, 0, -1):
+            if m > (k - 1) * 2 ** (n - 1):
+                w = np.asarray(MSSSIM_WEIGHTS[:n], dtype=np.float64)
+                return k, tuple(float(x) for x in w / w.sum())
+    return 3, (1.0,)
+
+
+def pairwise_msssim(images: Sequence[np.ndarray], max_pairs: int = 300, seed: int = 0) -> dict[str, Any]:
+    import torch
+    from monai.metrics import MultiScaleSSIMMetric, SSIMMetric
+
+    n = len(images)
+    if n < 2:
+        return {"n_pairs": 0, "note": "needs >= 2 samples"}
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    if len(pairs) > max_pairs:
+        rng = np.random.default_rng(seed)
+        pairs = [pairs[k] for k in sorted(rng.choice(len(pairs), size=max_pairs, replace=False))]
+    k, w = msssim_settings(images[0].shape)
+    if len(w) > 1:
+        metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=k, weights=w)
+        kind = f"ms-ssim ({len(w)} scales, kernel {k})"
+    else:
+        metric = SSIMMetric(spatial_dims=3, data_range=1.0, win_size=k)
+        kind = f"ssim (kernel {k})"
+    vals = []
+    for start in range(0, len(pairs), 16):
+        chunk = pairs[start:start + 16]
+        a = torch.from_numpy(np.stack([np.clip(images[i], 0, None) for i, _ in chunk]))[:, None].float()
+        b = torch.from_numpy(np.stack([np.clip(images[j], 0, None) for _, j in chunk]))[:, None].float()
+        vals.extend(metric(a, b).reshape(-1).tolist())
+    n_nan = int(sum(1 for v in vals if not np.isfinite(v)))
+    out = {"metric": kind, "n_pairs": len(pairs), **{f"msssim_{k2}": v for k2, v in _stats(vals).items() if k2 != "n"}}
+    if n_nan:
+        out["n_undefined"] = n_nan  # MS-SSIM is undefined when a contrast term goes negative
+    if out.get("msssim_mean") is not None:
+        out["diversity"] = 1.0 - out["msssim_mean"]
+    return out
+
+
+def _pool(images: np.ndarray, factor: int = 2) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.asarray(images, dtype=np.float32))[:, None]
+    if factor > 1 and min(t.shape[2:]) >= 2 * factor:
+        t = F.avg_pool3d(t, factor)
+    return t[:, 0].reshape(t.shape[0], -1).double().numpy()
+
+
+def rbf_mmd2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Unbiased MMD² with a Gaussian kernel (bandwidth: median pairwise distance). Returns (mmd2, sigma)."""
+    z = np.concatenate([x, y])
+    sq = np.sum(z * z, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
+    off = d2[~np.eye(len(z), dtype=bool)]
+    sigma2 = float(np.median(off)) if off.size and np.median(off) > 0 else 1.0
+    kmat = np.exp(-d2 / (2 * sigma2))
+    m, n = len(x), len(y)
+    kxx, kyy, kxy = kmat[:m, :m], kmat[m:, m:], kmat[:m, m:]
+    mmd = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+           - 2 * kxy.mean())
+    return float(mmd), math.sqrt(sigma2)
+
+
+def _fg_values(images: Sequence[np.ndarray], fgs: Sequence[np.ndarray], max_values: int, seed: int) -> np.ndarray:
+    vals = np.concatenate([im[fg] for im, fg in zip(images, fgs)] or [np.zeros(0, np.float32)])
+    if vals.size > max_values:
+        vals = np.random.default_rng(seed).choice(vals, size=max_values, replace=False)
+    return vals
+
+
+def reference_distance(samples: Sequence[np.ndarray], refs: Sequence[np.ndarray],
+                       sample_fgs: Sequence[np.ndarray] | None = None,
+                       ref_fgs: Sequence[np.ndarray] | None = None, seed: int = 0) -> dict[str, Any]:
+    from scipy.stats import wasserstein_distance
+
+    sample_fgs = list(sample_fgs) if sample_fgs is not None else [foreground(s) for s in samples]
+    ref_fgs = list(ref_fgs) if ref_fgs is not None else [foreground(r) for r in refs]
+    out: dict[str, Any] = {"n_samples": len(samples), "n_reference": len(refs)}
+    sv = _fg_values(samples, sample_fgs, 200_000, seed)
+    rv = _fg_values(refs, ref_fgs, 200_000, seed + 1)
+    if sv.size and rv.size:
+        out["intensity_wasserstein_fg"] = float(wasserstein_distance(sv, rv))
+        qs = [1, 5, 25, 50, 75, 95, 99]
+        out["intensity_percentiles_fg"] = {"q": qs, "samples": np.percentile(sv, qs).round(4).tolist(),
+                                           "reference": np.percentile(rv, qs).round(4).tolist()}
+    out["foreground_fraction"] = {"samples": _stats([float(f.mean()) for f in sample_fgs]),
+                                  "reference": _stats([float(f.mean()) for f in ref_fgs])}
+    if len(samples) >= 2 and len(refs) >= 2:
+        x, y = _pool(np.stack(samples)), _pool(np.stack(refs))
+        mmd, sigma = rbf_mmd2(x, y)
+        out["mmd2_rbf_pooled2"] = mmd
+        out["mmd_rbf_bandwidth"] = sigma
+        try:
+            import torch
+            from monai.metrics import MMDMetric
+
+            k = min(len(x), len(y))  # MONAI's MMD needs equally many items on both sides
+            out["mmd_linear_monai"] = float(MMDMetric()(torch.from_numpy(y[:k]), torch.from_numpy(x[:k])))
+        except Exception as exc:  # pragma: no cover - informative only
+            out["mmd_linear_monai"] = None
+            out["mmd_linear_monai_error"] = str(exc)[:200]
+        # yardstick: the same MMD between two halves of the reference set
+        if len(refs) >= 4:
+            h = len(refs) // 2
+            out["mmd2_rbf_reference_halves"] = rbf_mmd2(y[:h], y[h:])[0]
+    else:
+        out["mmd_note"] = "MMD needs >= 2 samples and >= 2 reference scans"
+    return out
+
+
+def ncc_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Normalized cross-correlation between every row-volume of ``a`` and of ``b`` (N x M)."""
+    def norm(x):
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        x = x - x.mean(axis=1, keepdims=True)
+        nrm = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.maximum(nrm, 1e-12)
+    return norm(a) @ norm(b).T
+
+
+def _loo_max(m: np.ndarray) -> np.ndarray:
+    m = m.copy()
+    np.fill_diagonal(m, -np.inf)
+    return m.max(axis=1)
+
+
+def memorization(samples: Sequence[np.ndarray], sample_ids: Sequence[str], train: Sequence[np.ndarray],
+                 train_ids: Sequence[str], threshold: float = 0.9) -> dict[str, Any]:
+    if not len(train):
+        return {"note": "no training scans could be loaded", "flagged": [], "per_sample": []}
+    S = np.stack(samples).astype(np.float64)
+    T = np.stack(train).astype(np.float64)
+    raw = ncc_matrix(S, T)
+    if len(T) >= 3:
+        mean = T.mean(axis=0)
+        ncc, metric = ncc_matrix(S - mean, T - mean), "subject-specific NCC (residual from the mean training image)"
+    else:
+        ncc, metric = raw, "NCC (whole volume; < 3 training scans for the subject-specific version)"
+    best = ncc.argmax(axis=1)
+    train_nn = _loo_max(ncc_matrix(T - T.mean(axis=0), T - T.mean(axis=0)) if len(T) >= 3 else
+                        ncc_matrix(T, T)) if len(T) >= 2 else None
+    per = []
+    for i, sid in enumerate(sample_ids):
+        j = int(best[i])
+        per.append({"sample": sid, "nearest_train": train_ids[j], "ncc": float(ncc[i, j]),
+                    "ncc_whole_volume": float(raw[i].max()), "flagged": bool(ncc[i, j] >= threshold)})
+    out: dict[str, Any] = {"metric": metric, "threshold": float(threshold), "n_train": len(train),
+                           "flagged": [p["sample"] for p in per if p["flagged"]],
+                           "nearest_ncc": _stats([p["ncc"] for p in per]),
+                           "nearest_ncc_whole_volume": _stats([p["ncc_whole_volume"] for p in per])}
+    if train_nn is not None:
+        out["train_nn_ncc"] = _stats(train_nn.tolist())
+        out["train_nn_ncc_whole_volume"] = _stats(_loo_max(ncc_matrix(T, T)).tolist())
+        if len(T) >= 10:  # residuals of few scans are anti-correlated (about -1/(N-1)): yardstick meaningless
+            out["closer_than_any_train_pair"] = [p["sample"] for p in per if p["ncc"] > float(train_nn.max())]
+    out["per_sample"] = per
+    return out
+
+
+def load_preprocessed(data: str | Path, preprocess_config, limit: int | None = None,
+                      log: Callable[[str], None] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Scans in a folder (or CSV manifest, healthy rows only) on the model grid (model units)."""
+    from ..preprocess import preprocess
+    from ..train.data import list_scans
+
+    images, fgs, ids = [], [], []
+    sources = list_scans(data)
+    if limit is not None:
+        sources = sources[:limit]
+    for src in sources:
+        try:
+            pp = preprocess(src.load(), preprocess_config)
+        except Exception as exc:  # one unreadable file never stops the report
+            if log:
+                log(f"warning: skipping {src.path}: {str(exc)[:160]}")
+            continue
+        images.append(pp.image)
+        fgs.append(pp.foreground)
+        ids.append(src.scan_id)
+    return images, fgs, ids
+
+
+# ----------------------------------------------------------------------------- figure
+
+def mid_slice_grid(images: Sequence[np.ndarray], path: str | Path, titles: Sequence[str] | None = None,
+                   masks: Sequence[np.ndarray | None] | None = None, max_rows: int = 16) -> Path:
+    """PNG: one row per sample, columns = mid axial / coronal / sagittal slices of the RAS model
+    grid (superior / anterior up, radiological left-right as stored: +x to the right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io.atomic import atomic_path
+
+    images = list(images)[:max_rows]
+    n = max(1, len(images))
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    vmax = max([float(np.percentile(im, 99.5)) for im in images] + [1e-6])
+    for r in range(n):
+        for c in range(3):
+            axes[r, c].axis("off")
+        if r >= len(images):
+            continue
+        im = images[r]
+        mk = masks[r] if masks is not None and r < len(masks) else None
+        x, y, z = (s // 2 for s in im.shape)
+        views = [(im[:, :, z], None if mk is None else mk[:, :, z], "axial"),
+                 (im[:, y, :], None if mk is None else mk[:, y, :], "coronal"),
+                 (im[x, :, :], None if mk is None else mk[x, :, :], "sagittal")]
+        for c, (sl, ms, name) in enumerate(views):
+            ax = axes[r, c]
+            ax.imshow(sl.T, cmap="gray", origin="lower", vmin=0, vmax=vmax, interpolation="nearest")
+            if ms is not None and np.any(ms):
+                ax.contour(ms.T.astype(float), levels=[0.5], colors="red", linewidths=0.8, origin="lower")
+            label = name if titles is None else f"{titles[r]} · {name}"
+            ax.set_title(label, fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- report
+
+def quality_report(out: str | Path, records: Sequence[dict[str, Any]], preprocess_config, opts,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Compute every metric that the given inputs allow; write ``quality.json`` and ``quality.png``."""
+    import json
+    import time
+
+    from ..io.atomic import write_text_atomic
+    from ..io.nifti import read_nifti
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    ids = [r["scan_id"] for r in records]
+    # metrics of the generator use the generated (clean) volumes, not the ones with inserted anomalies
+    clean = [read_nifti(out / (r.get("clean_file") or r["file"])).array for r in records]
+    fgs = [foreground(im) for im in clean]
+    report: dict[str, Any] = {
+        "n_samples": len(records),
+        "units": "model",
+        "samples": {"intensity_fg_mean": _stats([float(im[f].mean()) if f.any() else None for im, f in zip(clean, fgs)]),
+                    "foreground_fraction": _stats([float(f.mean()) for f in fgs]),
+                    "min": float(min(im.min() for im in clean)), "max": float(max(im.max() for im in clean))},
+        "diversity": pairwise_msssim(clean),
+    }
+    if getattr(opts, "reference", None):
+        refs, ref_fgs, ref_ids = load_preprocessed(opts.reference, preprocess_config,
+                                                   limit=getattr(opts, "reference_limit", None), log=log)
+        if refs:
+            report["reference"] = {"path": str(opts.reference), **reference_distance(clean, refs, fgs, ref_fgs)}
+            if len(refs) >= 2:
+                report["reference"]["diversity_reference"] = pairwise_msssim(refs)
+        else:
+            report["reference"] = {"path": str(opts.reference), "note": "no readable reference scans"}
+    if getattr(opts, "train_data", None):
+        train, _, train_ids = load_preprocessed(opts.train_data, preprocess_config, log=log)
+        mem = memorization(clean, ids, train, train_ids, float(opts.memorization_threshold))
+        mem["path"] = str(opts.train_data)
+        report["memorization"] = mem
+        if mem.get("flagged"):
+            log(f"warning: {len(mem['flagged'])} sample(s) at NCC >= {opts.memorization_threshold:g} with a "
+                f"training scan (possible memorization): {', '.join(mem['flagged'][:10])}")
+    finals, masks, titles = [], [], []
+    for r in records[:16]:
+        finals.append(read_nifti(out / r["file"]).array)
+        masks.append(read_nifti(out / r["mask"]).array > 0.5 if r.get("mask") else None)
+        titles.append(r["scan_id"] + (" (anomalous)" if r.get("label") == 1 else ""))
+    mid_slice_grid(finals, out / "quality.png", titles, masks)
+    report["figure"] = "quality.png"
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    write_text_atomic(out / "quality.json", json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,452 @@
+"""``medidiff synthesize``: sample volumes, write them (NIfTI, optional DICOM), optionally
+insert labelled synthetic anomalies, and write a manifest and a quality report.
+
+Output folder::
+
+    OUT/images/synth_00000.nii.gz      generated scan (anomalies inserted when labelled anomalous)
+    OUT/clean/synth_00001.nii.gz       the generated scan before anomaly insertion (anomalous ones only)
+    OUT/masks/synth_00001_mask.nii.gz  ground-truth mask (uint8), anomalous samples only
+    OUT/dicom/synth_00000/IM0001 ...   optional DICOM series (fresh UIDs, DERIVED, synthetic identity)
+    OUT/samples/synth_00000.json       per-sample sidecar, written LAST: its presence = sample complete
+    OUT/manifest.csv / manifest.json   rebuilt from the sidecars after every run (also on Ctrl-C)
+    OUT/labels.csv / lesions.json      with --with-anomalies: the format `medidiff evaluate` reads
+    OUT/quality.json / quality.png     diversity, distance to real scans, memorization; mid-slice grid
+
+Geometry: every volume lies on the model grid (``preprocess.grid`` voxels of
+``preprocess.spacing`` mm), RAS-aligned, centred at world (0, 0, 0).
+Intensities are *model units*: MRI = signal / (99.5th percentile inside the
+brain) of the training normalisation (background 0, brain ~[0, 1], bright tail
+above 1 kept); CT = HU window mapped to [0, 1]. DICOM stores the same model
+units through RescaleSlope (MR), or HU for CT (the inverse of the window map).
+
+Sample ``i`` uses seed ``base_seed + i`` (or the i-th of ``--seeds``); its image,
+its healthy/anomalous label (index-based, see :func:`is_anomalous`) and its
+anomalies depend only on (seed, index, settings), so one sample can be
+regenerated alone. Every file is written atomically; a re-run with the same
+settings generates only the missing indices.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..io.atomic import write_text_atomic
+from .sampler import SamplerConfig
+
+PREFIX = "synth"
+SIDE_DIR = "samples"
+# Settings that change a sample's content: a folder never mixes samples made with different values.
+CONTENT_KEYS = ("model_hash", "sampler", "steps", "spacing", "temperature", "eta", "clip_x0", "noise",
+                "with_anomalies", "anomaly_fraction", "anomaly_kinds", "anomaly_count")
+LABEL_COLUMNS = ["scan_id", "split", "path", "label", "mask_path", "anomaly_types", "lesion_volume_mm3",
+                 "n_anomalies", "orientation", "shape", "spacing_mm", "seed", "index", "clean_path"]
+MANIFEST_COLUMNS = ["scan_id", "index", "file", "seed", "steps", "spacing", "sampler", "temperature", "eta", "model_hash",
+                    "seconds", "label", "mask", "anomaly_types", "dicom_dir", "clean_file", "precision", "created"]
+
+
+class SynthConflict(Exception):
+    """The output folder holds samples made with other settings."""
+
+
+@dataclass
+class SynthOptions:
+    n: int | None = None
+    indices: Sequence[int] | None = None  # generate only these indices
+    seeds: Sequence[int] | None = None  # explicit seed per index (overrides base_seed + i)
+    base_seed: int = 0
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    dicom: bool = False
+    with_anomalies: bool = False
+    anomaly_fraction: float = 0.5
+    anomaly_kinds: Sequence[str] | None = None  # None -> all kinds
+    anomaly_count: int | None = None  # None -> 1-3 per anomalous scan
+    split: str = "val"
+    reference: Path | None = None
+    train_data: Path | None = None
+    memorization_threshold: float = 0.9
+    quality: bool = True
+    overwrite: bool = False
+    reference_limit: int | None = None
+
+
+@dataclass
+class SynthSummary:
+    out: Path
+    n_total: int
+    n_generated: int
+    n_existing: int
+    seconds: float
+    seconds_per_sample: float | None
+    quality: dict[str, Any] | None = None
+    labels: Path | None = None
+
+    def line(self) -> str:
+        sps = f", {self.seconds_per_sample:.2f} s/sample" if self.seconds_per_sample else ""
+        extra = ""
+        if self.quality and isinstance(self.quality.get("memorization"), dict):
+            flagged = self.quality["memorization"].get("flagged") or []
+            extra = f"; memorization flags: {len(flagged)}"
+        return (f"{self.n_total} samples in {self.out} ({self.n_generated} generated, {self.n_existing} kept) "
+                f"in {self.seconds:.1f} s{sps}{extra}")
+
+
+def scan_id(index: int) -> str:
+    return f"{PREFIX}_{int(index):05d}"
+
+
+def is_anomalous(index: int, fraction: float) -> bool:
+    """Exact-proportion interleaving: index i is anomalous when floor((i+1) f) > floor(i f).
+    Any prefix 0..k-1 has floor(k f) anomalous scans; depends on the index only."""
+    f = float(fraction)
+    if f <= 0:
+        return False
+    if f >= 1:
+        return True
+    return math.floor((index + 1) * f + 1e-9) > math.floor(index * f + 1e-9)
+
+
+def plan(opts: SynthOptions) -> list[tuple[int, int]]:
+    """(index, seed) pairs to have in the folder after this run."""
+    if opts.seeds:
+        pairs = [(k, int(s)) for k, s in enumerate(opts.seeds)]
+    else:
+        if opts.n is None and not opts.indices:
+            raise ValueError("give --n, --index or --seeds")
+        n = int(opts.n) if opts.n is not None else max(opts.indices) + 1  # type: ignore[arg-type]
+        if n < 0:
+            raise ValueError("--n must be >= 0")
+        pairs = [(i, int(opts.base_seed) + i) for i in range(n)]
+    if opts.indices:
+        wanted = sorted({int(i) for i in opts.indices})
+        bad = [i for i in wanted if i < 0 or (opts.seeds and i >= len(opts.seeds))]
+        if bad:
+            raise ValueError(f"--index {bad} outside the {len(opts.seeds or [])} given seeds" if opts.seeds
+                             else f"--index must be >= 0, got {bad}")
+        if opts.seeds:
+            pairs = [pairs[i] for i in wanted]
+        else:
+            pairs = [(i, int(opts.base_seed) + i) for i in wanted]
+    return pairs
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path,)):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o).__name__)
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def read_sidecars(out: Path) -> list[dict[str, Any]]:
+    recs = []
+    for p in sorted((Path(out) / SIDE_DIR).glob(f"{PREFIX}_*.json")):
+        try:
+            recs.append(json.loads(p.read_text()))
+        except (json.JSONDecodeError, OSError):
+            continue  # a damaged sidecar = sample missing; it is regenerated
+    return sorted(recs, key=lambda r: int(r.get("index", 0)))
+
+
+def _complete(out: Path, rec: dict[str, Any]) -> bool:
+    files = [rec.get("file"), rec.get("mask"), rec.get("clean_file")]
+    return all((out / f).is_file() for f in files if f)
+
+
+def _rel(path: Path, out: Path) -> str:
+    return path.relative_to(out).as_posix()
+
+
+# ----------------------------------------------------------------------------- manifest + labels
+
+def rebuild_outputs(out: str | Path, run_settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """manifest.csv / manifest.json (and labels.csv + lesions.json when any sample carries a label)
+    from the per-sample sidecars; complete samples only."""
+    out = Path(out)
+    recs = [r for r in read_sidecars(out) if _complete(out, r)]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in recs:
+        row = dict(r)
+        row["anomaly_types"] = ";".join(r.get("anomaly_types") or [])
+        row["label"] = "" if r.get("label") is None else r["label"]
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in MANIFEST_COLUMNS})
+    write_text_atomic(out / "manifest.csv", buf.getvalue())
+    previous = {}
+    if run_settings is None and (out / "manifest.json").is_file():
+        try:
+            previous = json.loads((out / "manifest.json").read_text()).get("run", {})
+        except (json.JSONDecodeError, OSError):
+            previous = {}
+    write_text_atomic(out / "manifest.json", _dump({"run": run_settings or previous, "n_samples": len(recs),
+                                                     "samples": recs}))
+    labelled = [r for r in recs if r.get("label") is not None]
+    if labelled:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=LABEL_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        lesions = {}
+        for r in labelled:
+            shape, spacing = r.get("shape") or [], r.get("spacing_mm") or []
+            sp = {f"{s:g}" for s in spacing}
+            w.writerow({
+                "scan_id": r["scan_id"], "split": r.get("split") or "", "path": r["file"], "label": int(r["label"]),
+                "mask_path": r.get("mask") or "", "anomaly_types": ";".join(r.get("anomaly_types") or []),
+                "lesion_volume_mm3": round(float(r.get("lesion_volume_mm3") or 0.0), 3),
+                "n_anomalies": len(r.get("anomalies") or []), "orientation": "RAS",
+                "shape": "x".join(str(s) for s in shape),
+                "spacing_mm": sp.pop() if len(sp) == 1 else "x".join(f"{s:g}" for s in spacing),
+                "seed": r["seed"], "index": r["index"], "clean_path": r.get("clean_file") or "",
+            })
+            if r.get("anomalies"):
+                lesions[r["scan_id"]] = r["anomalies"]
+        write_text_atomic(out / "labels.csv", buf.getvalue())
+        write_text_atomic(out / "lesions.json", _dump(lesions))
+    return recs
+
+
+# ----------------------------------------------------------------------------- one sample
+
+def _write_dicom(image: np.ndarray, affine: np.ndarray, out: Path, sid: str, seed: int, index: int,
+                 modality: str, ct_window: Sequence[float]) -> str:
+    from ..io.dicom_write import write_dicom_series
+    from ..volume import Provenance, Volume
+
+    final = out / "dicom" / sid
+    final.parent.mkdir(parents=True, exist_ok=True)
+    arr = image
+    if modality == "CT":  # DICOM CT pixel values are HU: undo the window map
+        lo, hi = (float(v) for v in ct_window)
+        arr = image * (hi - lo) + lo
+    tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.", suffix=".tmp", dir=final.parent))
+    try:
+        write_dicom_series(Volume(arr, affine, Provenance(format="synthetic")), tmp, modality=modality,
+                           series_description=f"SYNTHETIC medidiff sample {index} (not a patient)",
+                           patient_id=f"SYNTH-{seed}", patient_name="SYNTHETIC^medidiff",
+                           derived=True, rng_or_seed=None)
+        if final.exists():
+            shutil.rmtree(final)  # a partial series from an interrupted run (no sidecar yet)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _rel(final, out)
+
+
+def _brain_mask(image: np.ndarray) -> tuple[np.ndarray, str]:
+    from .quality import foreground
+
+    fg = foreground(image)
+    if fg.sum() >= max(27, 0.01 * fg.size):
+        return fg, "estimated"
+    # untrained / collapsed model: fall back to the grid interior so insertion still works
+    inner = np.zeros(image.shape, bool)
+    inner[tuple(slice(1, s - 1) for s in image.shape)] = True
+    return inner, "fallback_interior"
+
+
+def _finish_sample(out: Path, image: np.ndarray, index: int, seed: int, settings: dict[str, Any],
+                   opts: SynthOptions, affine: np.ndarray, spacing: Sequence[float], modality: str,
+                   ct_window: Sequence[float], seconds: float, batch: dict[str, Any]) -> dict[str, Any]:
+    from ..io.nifti import write_nifti
+    from ..volume import Provenance, Volume
+
+    sid = scan_id(index)
+    rec: dict[str, Any] = {
+        "scan_id": sid, "index": int(index), "seed": int(seed), **settings,
+        "seconds": round(float(seconds), 4), **batch,
+        "shape": list(image.shape), "spacing_mm": [float(s) for s in spacing], "affine": affine.tolist(),
+        "units": "model", "modality": modality,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "label": None, "mask": None, "clean_file": None, "anomaly_types": [], "anomalies": [],
+        "lesion_volume_mm3": 0.0, "dicom_dir": None, "split": None,
+    }
+    final = image
+    if opts.with_anomalies:
+        rec["split"] = opts.split
+        rec["label"] = 0
+        if is_anomalous(index, opts.anomaly_fraction):
+            from ..synth.anomalies import KINDS, insert_anomalies, insert_random_anomalies
+
+            brain, how = _brain_mask(image)
+            rng = np.random.default_rng([int(seed), 0xA11])  # anomaly stream: independent of the sampling noise
+            kinds = list(opts.anomaly_kinds or KINDS)
+            if opts.anomaly_count is None:
+                final, mask, infos = insert_random_anomalies(image, spacing, rng, kinds=kinds, brain_mask=brain)
+            else:
+                chosen = [str(k) for k in rng.choice(kinds, size=int(opts.anomaly_count),
+                                                     replace=int(opts.anomaly_count) > len(kinds))]
+                final, mask, infos = insert_anomalies(image, spacing, chosen, rng, brain_mask=brain)
+            write_nifti(Volume(image, affine, Provenance(format="synthetic")), out / "clean" / f"{sid}.nii.gz")
+            mpath = out / "masks" / f"{sid}_mask.nii.gz"
+            write_nifti(Volume(mask.astype(np.float32), affine), mpath, dtype=np.uint8)
+            rec.update(label=1, mask=_rel(mpath, out), clean_file=f"clean/{sid}.nii.gz",
+                       anomaly_types=sorted({i["kind"] for i in infos}), anomalies=infos,
+                       lesion_volume_mm3=float(mask.sum() * float(np.prod(spacing))), brain_mask=how)
+    ipath = out / "images" / f"{sid}.nii.gz"
+    write_nifti(Volume(final, affine, Provenance(format="synthetic")), ipath)
+    rec["file"] = _rel(ipath, out)
+    if opts.dicom:
+        rec["dicom_dir"] = _write_dicom(final, affine, out, sid, seed, index, modality, ct_window)
+    write_text_atomic(out / SIDE_DIR / f"{sid}.json", _dump(rec))  # commit marker: written last
+    return rec
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _settings(loaded, scfg: SamplerConfig, opts: SynthOptions, precision: str) -> dict[str, Any]:
+    from ..synth.anomalies import KINDS
+
+    return {
+        "model_hash": loaded.model_hash,
+        "sampler": scfg.sampler, "steps": int(scfg.steps), "spacing": scfg.spacing, "temperature": float(scfg.temperature),
+        "eta": float(scfg.eta), "clip_x0": list(scfg.clip_x0) if scfg.clip_x0 else None,
+        "noise": loaded.config.diffusion.noise, "precision": precision,
+        "with_anomalies": bool(opts.with_anomalies),
+        "anomaly_fraction": float(opts.anomaly_fraction) if opts.with_anomalies else None,
+        "anomaly_kinds": sorted(opts.anomaly_kinds or KINDS) if opts.with_anomalies else None,
+        "anomaly_count": opts.anomaly_count if opts.with_anomalies else None,
+    }
+
+
+def _differences(rec: dict[str, Any], settings: dict[str, Any], seed: int) -> list[str]:
+    diffs = [f"{k}: {rec.get(k)!r} -> {settings.get(k)!r}" for k in CONTENT_KEYS if rec.get(k) != settings.get(k)]
+    if int(rec.get("seed", -1)) != int(seed):
+        diffs.append(f"seed: {rec.get('seed')} -> {seed}")
+    return diffs
+
+
+def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, device: str = "auto",
+                   progress: bool = True, log: Callable[[str], None] = print) -> SynthSummary:
+    from ..preprocess import model_affine
+    from ..runtime import resolve_device, set_threads
+    from ..train.checkpoint import load_model
+    from .sampler import Sampler
+
+    t_start = time.perf_counter()
+    if not 0 <= float(opts.anomaly_fraction) <= 1:
+        raise ValueError(f"anomaly fraction must be in [0, 1], got {opts.anomaly_fraction}")
+    if opts.anomaly_kinds:
+        from ..synth.anomalies import KINDS
+
+        bad = [k for k in opts.anomaly_kinds if k not in KINDS]
+        if bad:
+            raise ValueError(f"unknown anomaly kind(s) {bad}; choose from {KINDS}")
+    out = Path(out)
+    pairs = plan(opts)
+    set_threads()
+    loaded = load_model(model, resolve_device(device))
+    sampler = Sampler(loaded, opts.sampler)
+    scfg = sampler.cfg
+    try:
+        from ..runtime import resolve_precision
+
+        precision = resolve_precision(scfg.precision, loaded.device)
+    except ImportError:  # older runtime module
+        precision = scfg.precision
+    settings = _settings(loaded, scfg, opts, precision)
+    pcfg = loaded.preprocess_config
+    spacing = tuple(float(s) for s in pcfg.spacing)
+    affine = model_affine(spacing, pcfg.grid, (0.0, 0.0, 0.0))
+    modality = "CT" if pcfg.modality == "ct" else "MR"
+    run_settings = {**settings, "base_seed": int(opts.base_seed), "grid": list(pcfg.grid),
+                    "spacing_mm": list(spacing), "affine": affine.tolist(), "units": "model",
+                    "batch_size": int(scfg.batch_size),
+                    "intensity_note": ("MRI: x / p99.5 inside the brain (background 0, brain ~[0, 1]); "
+                                       "CT: HU window mapped to [0, 1]")}
+
+    existing = {int(r["index"]): r for r in read_sidecars(out)}
+    todo: list[tuple[int, int]] = []
+    n_existing = 0
+    conflicts = []
+    dicom_only: list[dict[str, Any]] = []
+    for idx, seed in pairs:
+        rec = existing.get(idx)
+        if rec is None or not _complete(out, rec):
+            todo.append((idx, seed))
+            continue
+        diffs = _differences(rec, settings, seed)
+        if diffs and not opts.overwrite:
+            conflicts.append(f"{rec['scan_id']}: " + ", ".join(diffs))
+        elif diffs or opts.overwrite:
+            todo.append((idx, seed))
+        else:
+            n_existing += 1
+            if opts.dicom and not (rec.get("dicom_dir") and (out / rec["dicom_dir"]).is_dir()):
+                dicom_only.append(rec)
+    if conflicts:
+        more = f" (+{len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
+        raise SynthConflict(f"{out} holds samples made with other settings: " + "; ".join(conflicts[:3]) + more
+                            + " — use another --out, the same settings, or --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"synthesize: {len(pairs)} sample(s) requested, {n_existing} already in {out}, {len(todo)} to generate "
+        f"({scfg.sampler}, {scfg.steps} steps, temperature {scfg.temperature:g}, batch {scfg.batch_size}, "
+        f"grid {list(pcfg.grid)} at {list(spacing)} mm, {precision})")
+
+    gen_seconds = 0.0
+    n_done = 0
+    try:
+        for rec in dicom_only:  # --dicom added on a re-run: export the stored NIfTI, no resampling
+            from ..io.nifti import read_nifti
+
+            img = read_nifti(out / rec["file"]).array
+            rec["dicom_dir"] = _write_dicom(img, affine, out, rec["scan_id"], int(rec["seed"]), int(rec["index"]),
+                                            modality, pcfg.ct_window)
+            write_text_atomic(out / SIDE_DIR / f"{rec['scan_id']}.json", _dump(rec))
+        if todo:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            steps = int(scfg.steps)
+            columns = [TextColumn("[bold]synthesize"), TextColumn("{task.description}"), BarColumn(),
+                       TextColumn("{task.fields[samples]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                       TimeRemainingColumn()]
+            with Progress(*columns, disable=not progress, transient=False) as bar:
+                task = bar.add_task("", total=len(todo) * steps, samples=f"0/{len(todo)} samples")
+                bs = int(scfg.batch_size)
+                for start in range(0, len(todo), bs):
+                    chunk = todo[start:start + bs]
+                    bar.update(task, description=", ".join(scan_id(i) for i, _ in chunk[:2])
+                               + (" ..." if len(chunk) > 2 else ""))
+                    b = len(chunk)
+                    t0 = time.perf_counter()
+                    images = sampler.sample([s for _, s in chunk], on_step=lambda k: bar.advance(task, b))
+                    dt = time.perf_counter() - t0
+                    gen_seconds += dt
+                    for k, (idx, seed) in enumerate(chunk):
+                        _finish_sample(out, images[k], idx, seed, settings, opts, affine, spacing, modality,
+                                       pcfg.ct_window, dt / b, {"batch_size": b, "batch_seconds": round(dt, 4)})
+                        n_done += 1
+                    bar.update(task, samples=f"{n_done}/{len(todo)} samples")
+    finally:
+        recs = rebuild_outputs(out, run_settings)
+    quality = None
+    if opts.quality and recs:
+        from .quality import quality_report
+
+        quality = quality_report(out, recs, loaded.preprocess_config, opts, log=log)
+    return SynthSummary(out=out, n_total=len(recs), n_generated=n_done, n_existing=n_existing,
+                        seconds=time.perf_counter() - t_start,
+                        seconds_per_sample=(gen_seconds / n_done) if n_done else None, quality=quality,
+                        labels=(out / "labels.csv") if (out / "labels.csv").is_file() else None)

@@ -1,0 +1,181 @@
+"""Sampling healthy-looking volumes from noise with a trained medidiff model.
+
+One generalised DDIM update covers both samplers (Song et al. 2021, eq. 12):
+
+    x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z
+    sigma = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)
+
+* ``ddim``: eta = 0 (deterministic given the initial noise), default 50 steps.
+* ``ddpm``: eta = 1, which is exactly the ancestral DDPM posterior q(x_s | x_t, x0)
+  on the (possibly respaced, Nichol & Dhariwal 2021) timestep subsequence;
+  with ``steps == num_train_timesteps`` it is the original 1000-step sampler.
+
+Timesteps start at T-1 (the fully-noised level the model was trained on, Lin
+et al. 2024) and end at 0. Default spacing is *quadratic* (t_k = (T-1) (1 - k/(n-1))^2,
+as in the DDIM paper): more steps at low noise, where fine detail is decided.
+Measured with an exact Gaussian-data oracle (tests): with 50 DDIM steps the
+sample std reaches 96% of the true one with quadratic spacing vs 88% with
+linear spacing (10 steps: 79% vs 49%); ``spacing="linear"`` is available.
+
+Temperature ``tau`` scales the initial noise x_T and every stochastic noise
+draw z (tau < 1: smoother, more "average" anatomy, less diversity; tau = 1:
+the model's distribution). With ``ddim`` only the initial noise is scaled.
+
+Noise kind is the model's training noise (``diffusion.noise``: gaussian,
+simplex or coarse) so x_T looks like what the network saw at t = T-1.
+
+x0 estimates are clipped to ``clip_x0`` (default: [0, 2] for MRI whose model
+units are x / p99.5 with an unclipped bright tail; [0, 1] for CT windows) and
+eps is recomputed from the clipped x0 so the update stays consistent.
+
+Reproducibility: every sample has its own seed and its own CPU
+``torch.Generator``; the noise of a sample never depends on which other
+samples share its batch, so index i regenerated alone equals index i of a
+batch run (up to float reassociation in batched kernels, ~1e-6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..model.diffusion import predict_eps, predict_x0
+from ..model.noise import make_noise
+
+SAMPLERS = ("ddim", "ddpm")
+SPACINGS = ("quadratic", "linear")
+DEFAULT_STEPS = {"ddim": 50, "ddpm": 250}
+
+
+@dataclass
+class SamplerConfig:
+    sampler: str = "ddim"
+    steps: int | None = None  # None -> DEFAULT_STEPS[sampler]
+    temperature: float = 1.0
+    eta: float | None = None  # None -> 0 (ddim) / 1 (ddpm)
+    clip_x0: tuple[float, float] | None = None  # None -> by modality; () or "none" -> no clipping
+    precision: str = "auto"
+    batch_size: int = 4
+    spacing: str = "quadratic"  # timestep spacing: quadratic | linear
+
+    def resolved(self, modality: str = "mri", num_train_timesteps: int = 1000) -> "SamplerConfig":
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        steps = int(self.steps or DEFAULT_STEPS[self.sampler])
+        steps = min(steps, int(num_train_timesteps))
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        eta = self.eta if self.eta is not None else (0.0 if self.sampler == "ddim" else 1.0)
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        clip = self.clip_x0
+        if clip is None:
+            clip = (0.0, 1.0) if modality == "ct" else (0.0, 2.0)
+        elif len(clip) == 0:
+            clip = ()
+        else:
+            clip = (float(clip[0]), float(clip[1]))
+            if not clip[0] < clip[1]:
+                raise ValueError(f"clip_x0 must be (low, high) with low < high, got {clip}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
+        if int(self.batch_size) < 1:
+            raise ValueError("batch_size must be >= 1")
+        return SamplerConfig(self.sampler, steps, float(self.temperature), float(eta), tuple(clip),
+                             self.precision, int(self.batch_size), self.spacing)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["clip_x0"] = list(self.clip_x0) if self.clip_x0 else None
+        return d
+
+
+def sampling_timesteps(num_train_timesteps: int, steps: int, spacing: str = "quadratic") -> list[int]:
+    """``steps`` distinct descending timesteps from T-1 down to 0."""
+    T = int(num_train_timesteps)
+    if steps >= T:
+        return list(range(T - 1, -1, -1))
+    if steps == 1:
+        return [T - 1]
+    u = np.linspace(1.0, 0.0, steps)
+    ts = np.round((T - 1) * (u ** 2 if spacing == "quadratic" else u)).astype(int)
+    for k in range(steps - 2, -1, -1):  # keep them distinct: at least one apart
+        ts[k] = max(ts[k], ts[k + 1] + 1)
+    return [int(t) for t in ts]
+
+
+def _noise(kind: str, shape: tuple[int, ...], generators: Sequence[torch.Generator], device,
+           params: dict | None = None) -> torch.Tensor:
+    """One draw per sample from its own generator, stacked: batch-independent noise."""
+    params = params or {}
+    parts = [make_noise(kind, (1, *shape[1:]), g, None, **params) for g in generators]
+    return torch.cat(parts, dim=0).to(device)
+
+
+class Sampler:
+    """Generate model-grid volumes (float32, model units) from per-sample seeds."""
+
+    def __init__(self, loaded, cfg: SamplerConfig | None = None):
+        self.loaded = loaded
+        self.net = loaded.network
+        self.device = loaded.device
+        self.factory = loaded.scheduler_factory
+        self.T = int(self.factory.num_train_timesteps)
+        self.prediction_type = self.factory.prediction_type
+        dcfg = loaded.config.diffusion
+        self.noise_kind = dcfg.noise
+        self.noise_params = dict(getattr(dcfg, "noise_params", {}) or {})
+        self.cfg = (cfg or SamplerConfig()).resolved(loaded.preprocess_config.modality, self.T)
+        self.scheduler = self.factory("ddim")  # only its alphas_cumprod are used
+        self.acp = self.scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
+        self.grid = tuple(int(g) for g in loaded.preprocess_config.grid)
+        self.in_channels = 1
+
+    @property
+    def timesteps(self) -> list[int]:
+        return sampling_timesteps(self.T, int(self.cfg.steps), self.cfg.spacing)
+
+    @torch.no_grad()
+    def sample(self, seeds: Sequence[int], on_step: Callable[[int], None] | None = None) -> np.ndarray:
+        """Volumes for ``seeds`` (one per seed, in one batch): array (B, D, H, W) float32."""
+        from ..runtime import autocast
+
+        cfg = self.cfg
+        b = len(seeds)
+        shape = (b, self.in_channels, *self.grid)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        tau = float(cfg.temperature)
+        x = tau * _noise(self.noise_kind, shape, gens, self.device, self.noise_params)
+        ts = self.timesteps
+        clip = cfg.clip_x0
+        eta = float(cfg.eta)
+        for i, t in enumerate(ts):
+            t_vec = torch.full((b,), int(t), dtype=torch.long)
+            with autocast(self.device, cfg.precision):
+                out = self.net(x, timesteps=t_vec.to(self.device))
+            out = out.float()
+            x0 = predict_x0(out, x, t_vec, self.scheduler, self.prediction_type)
+            if clip:
+                x0 = x0.clamp(clip[0], clip[1])
+            a_t = float(self.acp[t])
+            # eps consistent with the (clipped) x0 estimate
+            eps = (x - (a_t ** 0.5) * x0) / max(1.0 - a_t, 1e-12) ** 0.5 if clip else \
+                predict_eps(out, x, t_vec, self.scheduler, self.prediction_type)
+            if i + 1 < len(ts):
+                a_s = float(self.acp[ts[i + 1]])
+                sigma = eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * max(0.0, 1 - a_t / a_s) ** 0.5
+                dir_coef = max(0.0, 1 - a_s - sigma ** 2) ** 0.5
+                x = (a_s ** 0.5) * x0 + dir_coef * eps
+                if sigma > 0:
+                    z = _noise(self.noise_kind, shape, gens, self.device, self.noise_params)
+                    x = x + (tau * sigma) * z
+            else:
+                x = x0  # abar at t = -1 is 1: the final sample is the last x0 estimate
+            if on_step is not None:
+                on_step(i + 1)
+        return x[:, 0].float().cpu().numpy().astype(np.float32)
