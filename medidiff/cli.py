@@ -24,9 +24,9 @@ app.command("info")(info)
 app.command("train")(train)
 app.command("calibrate")(calibrate)
 app.command("score")(score)
-app.command("report")(report)
 app.command("evaluate")(evaluate)
 app.command("baseline")(baseline)
+app.command("report")(report)
 app.command("synthesize")(synthesize)
 
 
