@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import reorient
+from volume_factory import reorient
 
 from medidiff.baselines import load_preprocess_config, make_baseline, run_baseline
 from medidiff.baselines.autoencoder import AutoencoderBaseline
@@ -163,7 +163,7 @@ def test_intensity_run_is_evaluable(mni_small, tmp_path):
 def test_preprocess_config_defaults_to_sample_model_yaml():
     import yaml
 
-    from conftest import ROOT
+    from volume_factory import ROOT
 
     expected = PreprocessConfig.from_dict(yaml.safe_load((ROOT / "configs" / "sample_model.yaml").read_text())["preprocess"])
     assert load_preprocess_config(None) == expected

@@ -4,17 +4,14 @@ identifiers (also in its folder name)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (conftest helpers, dicom_factory)
-
-from conftest import reorient  # noqa: E402
-from dicom_factory import regular_positions, write_series  # noqa: E402
+from dicom_factory import regular_positions, write_series
+from volume_factory import reorient
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import time
 
 import nibabel as nib
 import numpy as np
-from conftest import reorient
+from volume_factory import reorient
 from typer.testing import CliRunner
 
 from medidiff.report.build import build_report

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from conftest import reorient
+from volume_factory import reorient
 from dicom_factory import regular_positions, write_series
 from typer.testing import CliRunner
 
