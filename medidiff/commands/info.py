@@ -15,19 +15,31 @@ def info(
 ) -> None:
     """List the scans in PATH (id, format, modality, shape, spacing, orientation,
     description) and every skipped file with its reason."""
+    from ..io.content import check_content
     from ..io.discover import Skipped, discover
+    from ..io.errors import ScanError
 
     found = discover(path)
     if not quick:
-        # Decoding catches what headers cannot: broken gzip streams, corrupt pixels.
+        # Decoding catches what headers cannot: broken gzip streams, corrupt pixels, blank images.
         good = []
         for ref in found.scans:
             try:
                 vol = ref.load()
                 ref.warnings.extend(w for w in vol.provenance.warnings if w not in ref.warnings)
+                try:
+                    check_content(vol)
+                except ScanError as exc:  # readable, listed, but `score` will refuse it
+                    ref.warnings.append(f"cannot be scored: {exc.reason}" + (f" ({exc.hint})" if exc.hint else ""))
                 good.append(ref)
+            except MemoryError:
+                found.skipped.append(Skipped(ref.source, f"out of memory decoding {tuple(ref.shape)} voxels",
+                                             "lower MEDIDIFF_MAX_VOXELS to skip such scans"))
             except Exception as exc:
-                found.skipped.append(Skipped(ref.source, str(getattr(exc, "reason", exc))))
+                reason = getattr(exc, "reason", None)
+                if reason is None:
+                    reason = f"unexpected {exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+                found.skipped.append(Skipped(ref.source, reason, getattr(exc, "hint", None)))
         found.scans = good
     if as_json:
         typer.echo(json.dumps(found.to_dict(), indent=2))
@@ -53,9 +65,12 @@ def _print_tables(found) -> None:
         )
     console.print(table)
     if found.skipped:
-        sk = Table(title=f"Skipped ({len(found.skipped)})")
+        from ..io.discover import group_skipped
+
+        sk = Table(title=f"Skipped ({len(found.skipped)} files)")
         sk.add_column("path", overflow="fold")
+        sk.add_column("files", justify="right")
         sk.add_column("reason", overflow="fold")
-        for s in found.skipped:
-            sk.add_row(s.path, s.reason)
+        for where, n, reason in group_skipped(found.skipped):
+            sk.add_row(where, str(n), reason)
         console.print(sk)

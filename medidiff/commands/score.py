@@ -25,14 +25,17 @@ def score(
 ) -> None:
     """Score every scan under INPUT: anomaly maps and masks in each scan's own grid,
     a scores table (CSV + JSONL) and a run summary."""
-    from ..score.batch import OutputConflict, score_folder
+    from ..score.batch import OutputConflict, OutputError, score_folder
 
+    if not input.exists():
+        typer.echo(f"error: {input}: input path does not exist; check --input", err=True)
+        raise typer.Exit(2)
     try:
         summary = score_folder(model, input, out, overrides=tuple(set_), config_path=config, shard=shard,
                                limit=limit, overwrite=overwrite, write_reconstruction=reconstruction,
                                dicom_outputs=dicom_outputs, device=device, progress=progress,
                                log=lambda m: typer.echo(m, err=True))
-    except (OutputConflict, ValueError) as exc:
+    except (OutputConflict, OutputError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     except Exception as exc:

@@ -24,13 +24,14 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         suffix = "".join(final.suffixes[-2:]) if final.name.endswith(".nii.gz") else final.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
-    # mkstemp creates 0600; outputs should get the usual permissions (umask applied).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600 and some writers (safetensors) recreate the file:
+        # set the usual permissions (umask applied) on what was actually written.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, final)

@@ -108,12 +108,16 @@ def read_header(path: str | os.PathLike):
             try:
                 return pydicom.dcmread(str(path), defer_size="4 KB", force=True)
             except Exception as exc:
-                raise ScanError(path, f"unreadable DICOM without preamble ({_first_line(exc)})") from exc
-        raise ScanError(path, "not a DICOM file (no DICM preamble)")
+                raise ScanError(path, f"unreadable DICOM without preamble ({_first_line(exc)})",
+                                "the file is damaged; export it again") from exc
+        raise ScanError(path, "not a DICOM file (no DICM preamble) nor NIfTI, ignored",
+                        "if it is a scan, convert it to NIfTI or DICOM")
     except (EOFError, OSError) as exc:
-        raise ScanError(path, f"truncated or unreadable DICOM header ({_first_line(exc)})") from exc
+        raise ScanError(path, f"truncated or unreadable DICOM header ({_first_line(exc)})",
+                        "the file is damaged or incompletely copied; copy it again") from exc
     except Exception as exc:
-        raise ScanError(path, f"corrupt DICOM header ({_first_line(exc)})") from exc
+        raise ScanError(path, f"corrupt DICOM header ({_first_line(exc)})",
+                        "the file is damaged; export it again") from exc
 
 
 def classify(ds, path: str) -> str | None:
@@ -129,7 +133,7 @@ def classify(ds, path: str) -> str | None:
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return "localizer/scout image (ImageType LOCALIZER)"
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        return "no pixel data element"
+        return "DICOM without a pixel data element (no image in this file; export the images themselves)"
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         return f"colour image (SamplesPerPixel={ds.get('SamplesPerPixel')}), not a grayscale volume"
     return None
@@ -148,17 +152,18 @@ def _pixel_bytes_ok(ds, path: str) -> str | None:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8
     except Exception:
-        return "missing Rows/Columns/BitsAllocated"
+        return "DICOM image without Rows/Columns/BitsAllocated (malformed header; export it again)"
     elem = ds.get_item("PixelData")
     length = getattr(elem, "length", None)  # RawDataElement (possibly deferred)
     if length is None:  # already a DataElement: the bytes pydicom could read
         value = getattr(elem, "value", None)
         length = len(value) if isinstance(value, (bytes, bytearray)) else None
     if length is not None and length != 0xFFFFFFFF and length < expected:
-        return f"file is truncated: pixel data holds {length} bytes, expected {expected}"
+        return (f"file is truncated: pixel data holds {length} bytes, expected {expected} "
+                "(damaged or incompletely copied; copy it again)")
     tell = getattr(elem, "value_tell", None)
     if length is not None and tell is not None and tell + min(length, expected) > os.path.getsize(path):
-        return "file is truncated (pixel data runs past end of file)"
+        return "file is truncated: pixel data runs past the end of the file (incompletely copied? copy it again)"
     return None
 
 
@@ -388,7 +393,8 @@ def _dcmread_pixels(path: str):
     try:
         return pydicom.dcmread(path, force=True)
     except Exception as exc:
-        raise ScanError(path, f"unreadable DICOM ({_first_line(exc)})") from exc
+        raise ScanError(path, f"unreadable DICOM ({_first_line(exc)})",
+                        "the file changed or was damaged since discovery; copy it again") from exc
 
 
 def _codec_hint(ds) -> str | None:

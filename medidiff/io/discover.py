@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+import numpy as np
 
 from ..volume import Volume
 from . import dicom as dcm
 from .errors import ScanError
 from .naming import scan_id_for_path, scan_id_for_series
-from .nifti import DEFAULT_MAX_VOXELS, checked_shape, is_nifti_path, load_header, read_nifti
+from .nifti import DEFAULT_MAX_VOXELS, checked_shape, default_max_voxels, is_nifti_path, load_header, read_nifti  # noqa: F401
 
 # Extensions that are obviously neither NIfTI nor DICOM: skip without parsing.
 NON_SCAN_SUFFIXES = {
@@ -31,11 +33,33 @@ SKIP_DIR_NAMES = {".git", "__pycache__", ".medidiff"}
 
 @dataclass
 class Skipped:
+    """A file (or folder) discovery did not turn into a scan. ``reason`` is one
+    line saying what is wrong with it and, where there is one, what to do."""
+
     path: str
     reason: str
+    hint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.hint:
+            self.reason = f"{self.reason} ({self.hint})"
+            self.hint = None
 
     def to_dict(self) -> dict:
         return {"path": self.path, "reason": self.reason}
+
+
+def group_skipped(skipped: list[Skipped]) -> list[tuple[str, int, str]]:
+    """(path, n_files, reason) rows for display: files that share a reason and a
+    folder (the slices of one refused series) become one row."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for s in skipped:
+        key = (str(Path(s.path).parent), s.reason) if s.reason.startswith("series ") else (s.path, s.reason)
+        groups.setdefault(key, []).append(s.path)
+    rows = []
+    for (where, reason), paths in groups.items():
+        rows.append((paths[0] if len(paths) == 1 else where + os.sep, len(paths), reason))
+    return rows
 
 
 @dataclass
@@ -62,13 +86,17 @@ class ScanRef:
             return self.paths[0]
         return os.path.commonpath(self.paths)
 
-    def load(self, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+    def load(self, max_voxels: int | None = None) -> Volume:
+        max_voxels = default_max_voxels() if max_voxels is None else max_voxels
         if self._stack is not None:
+            check_voxels(self.source, self.shape, max_voxels)
             vol = dcm.load_stack(self._stack, scan_id=self.scan_id)
         else:
             vol = read_nifti(self.paths[0], root=self._root, max_voxels=max_voxels)
             vol.provenance.scan_id = self.scan_id
         vol.provenance.modality = vol.provenance.modality or self.modality
+        # discovery-time warnings (e.g. an incomplete series) travel with the volume into results
+        vol.provenance.warnings.extend(w for w in self.warnings if w not in vol.provenance.warnings)
         return vol
 
     def to_dict(self) -> dict:
@@ -101,18 +129,27 @@ class Discovery:
         }
 
 
-def iter_files(root: Path, skipped: list[Skipped]) -> Iterator[Path]:
+def iter_files(root: Path, skipped: list[Skipped], exclude: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """All regular files under root, following directory symlinks at most once
-    each (symlink loops are reported, not followed forever)."""
+    each (symlink loops are reported, not followed forever). Folders in
+    ``exclude`` (e.g. the output folder of the run, when it lies inside the
+    input) are not entered."""
     if root.is_file():
         yield root
         return
+    excluded = {os.path.realpath(e) for e in exclude}
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=lambda e: skipped.append(
-            Skipped(str(getattr(e, "filename", root)), f"cannot list folder ({e.strerror or e})"))):
+            Skipped(str(getattr(e, "filename", root)), f"cannot list folder ({e.strerror or e})",
+                    "check the folder's permissions"))):
         real = os.path.realpath(dirpath)
+        if real in excluded:
+            skipped.append(Skipped(dirpath, "output folder of this run (not read as input)"))
+            dirnames[:] = []
+            continue
         if real in seen:
-            skipped.append(Skipped(dirpath, "folder already visited through a symlink (loop or duplicate)"))
+            skipped.append(Skipped(dirpath, "folder already visited through a symlink (loop or duplicate); "
+                                            "not entered again"))
             dirnames[:] = []
             continue
         seen.add(real)
@@ -130,34 +167,47 @@ def iter_files(root: Path, skipped: list[Skipped]) -> Iterator[Path]:
             yield p
 
 
-def discover(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Discovery:
+def discover(path: str | os.PathLike, max_voxels: int | None = None,
+             exclude: Iterable[str | os.PathLike] = ()) -> Discovery:
+    """Every scan under ``path`` and every file that is not one, with a reason.
+    ``max_voxels`` (default: ``MEDIDIFF_MAX_VOXELS``) bounds the size a header
+    may claim; ``exclude`` lists folders not to enter."""
+    max_voxels = default_max_voxels() if max_voxels is None else int(max_voxels)
     root = Path(path)
     result = Discovery(root=str(root))
     if not root.exists():
-        result.skipped.append(Skipped(str(root), "path does not exist"))
+        result.skipped.append(Skipped(str(root), "path does not exist", "check the spelling of the input path"))
         return result
     base = root if root.is_dir() else root.parent
     slice_headers: list[dcm.SliceHeader] = []
-    for p in iter_files(root, result.skipped):
+    # Series UID of DICOM files refused one by one (truncated, no pixel data, ...),
+    # so a series that then lacks them says why.
+    refused_in_series: dict[str, list[Skipped]] = {}
+    for p in iter_files(root, result.skipped, exclude):
         try:
             if is_nifti_path(p):
                 result.scans.append(_nifti_ref(p, base, max_voxels))
                 continue
             if p.suffix.lower() in NON_SCAN_SUFFIXES:
-                result.skipped.append(Skipped(str(p), f"not a scan file ({p.suffix.lower()})"))
+                result.skipped.append(Skipped(str(p), f"not a scan file ({p.suffix.lower()}), ignored"))
                 continue
             if p.stat().st_size == 0:
-                result.skipped.append(Skipped(str(p), "empty file (0 bytes)"))
+                result.skipped.append(Skipped(str(p), "empty file (0 bytes)", "an interrupted copy? copy it again"))
                 continue
             ds = dcm.read_header(p)
             reason = dcm.classify(ds, str(p))
             if reason is None:
                 reason = dcm._pixel_bytes_ok(ds, str(p))
             if reason is not None:
-                result.skipped.append(Skipped(str(p), reason))
+                skip = Skipped(str(p), reason)
+                result.skipped.append(skip)
+                uid = str(ds.get("SeriesInstanceUID", "") or "")
+                if uid:
+                    refused_in_series.setdefault(uid, []).append(skip)
                 continue
             if dcm.is_enhanced(ds):
                 stack = dcm.stack_from_enhanced(ds, str(p))
+                check_voxels(str(p), stack.shape, max_voxels)
                 result.scans.append(_dicom_ref(stack, base))
             elif int(ds.get("NumberOfFrames", 1) or 1) > 1:
                 result.skipped.append(Skipped(str(p), "multi-frame object without per-frame geometry "
@@ -165,20 +215,33 @@ def discover(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> D
             else:
                 slice_headers.append(dcm.slice_header(ds, str(p)))
         except ScanError as exc:
-            result.skipped.append(Skipped(str(p), exc.reason + (f" ({exc.hint})" if exc.hint else "")))
+            result.skipped.append(Skipped(str(p), exc.reason, exc.hint))
         except Exception as exc:  # one bad file never stops the walk
-            result.skipped.append(Skipped(str(p), f"unexpected error: {exc.__class__.__name__}: {exc}"))
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            result.skipped.append(Skipped(str(p), f"unexpected error: {exc.__class__.__name__}: {first}",
+                                          "please report this file's problem to the medidiff developers"))
 
     groups = dcm.group_slices(slice_headers)
     per_uid: dict[str, int] = {}
     for (uid, *_), headers in groups:
         idx = per_uid.get(uid, 0)
         per_uid[uid] = idx + 1
+        refused = refused_in_series.get(uid, [])
+        because = ""
+        if refused:
+            because = (f"; {len(refused)} file(s) of this series were refused, e.g. "
+                       f"{Path(refused[0].path).name}: {refused[0].reason}")
         try:
             stack = dcm.stack_from_slices(headers, stack_index=idx)
-            result.scans.append(_dicom_ref(stack, base))
+            check_voxels(_series_label(headers), stack.shape, max_voxels)
+            ref = _dicom_ref(stack, base)
+            if refused:
+                ref.warnings.append(f"incomplete series: {len(refused)} file(s) refused "
+                                    f"(e.g. {Path(refused[0].path).name}: {refused[0].reason}); "
+                                    "the volume may lack its end slices")
+            result.scans.append(ref)
         except ScanError as exc:
-            reason = exc.reason + (f" ({exc.hint})" if exc.hint else "")
+            reason = exc.reason + because + (f" ({exc.hint})" if exc.hint else "")
             for h in headers:
                 result.skipped.append(Skipped(h.path, f"series {uid}: {reason}"))
     _dedupe_ids(result.scans)
@@ -186,9 +249,20 @@ def discover(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> D
     return result
 
 
+def check_voxels(where: str, shape, max_voxels: int | None = None) -> None:
+    max_voxels = default_max_voxels() if max_voxels is None else max_voxels
+    n_vox = int(np.prod([int(s) for s in shape], dtype=np.int64))
+    if n_vox > max_voxels:
+        raise ScanError(where, f"series claims {n_vox:,} voxels {tuple(shape)}, over the limit of {max_voxels:,}",
+                        "raise MEDIDIFF_MAX_VOXELS if this is intended")
+
+
+def _series_label(headers) -> str:
+    return os.path.commonpath([h.path for h in headers]) if len(headers) > 1 else headers[0].path
+
+
 def _nifti_ref(p: Path, base: Path, max_voxels: int) -> ScanRef:
     import nibabel as nib
-    import numpy as np
 
     img = load_header(p)
     shape = checked_shape(p, img, max_voxels)

@@ -21,8 +21,21 @@ from .errors import ScanError
 from .naming import scan_id_for_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-# Refuse headers that claim more voxels than this before allocating anything.
-DEFAULT_MAX_VOXELS = int(os.environ.get("MEDIDIFF_MAX_VOXELS", 1024**3 // 2))
+# Refuse headers that claim more voxels than this before allocating anything
+# (default 2**29 voxels = 2 GiB as float32); MEDIDIFF_MAX_VOXELS overrides it.
+BUILTIN_MAX_VOXELS = 1024**3 // 2
+
+
+def default_max_voxels() -> int:
+    """The voxel limit in force: ``MEDIDIFF_MAX_VOXELS`` (read at call time), else the built-in one."""
+    text = os.environ.get("MEDIDIFF_MAX_VOXELS", "").strip().replace("_", "")
+    try:
+        return int(float(text)) if text else BUILTIN_MAX_VOXELS
+    except ValueError:
+        return BUILTIN_MAX_VOXELS
+
+
+DEFAULT_MAX_VOXELS = default_max_voxels()  # value at import, kept for callers that read it
 
 
 def is_nifti_path(path: Path) -> bool:
@@ -30,7 +43,7 @@ def is_nifti_path(path: Path) -> bool:
 
 
 def read_nifti(path: str | os.PathLike, root: Path | None = None,
-               max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+               max_voxels: int | None = None) -> Volume:
     path = Path(path)
     img = load_header(path)
     shape = checked_shape(path, img, max_voxels)
@@ -38,13 +51,15 @@ def read_nifti(path: str | os.PathLike, root: Path | None = None,
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except (gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-        raise ScanError(path, f"image data unreadable or truncated ({_one_line(exc)})") from exc
+        raise ScanError(path, f"image data unreadable or truncated ({_one_line(exc)})",
+                        "the file is damaged or incompletely copied; copy or export it again") from exc
     finite = np.isfinite(data)
     warnings = []
     if not finite.all():
         frac = 1.0 - finite.mean()
         if frac > 0.5:
-            raise ScanError(path, f"{frac:.0%} of voxels are NaN/Inf")
+            raise ScanError(path, f"{frac:.0%} of voxels are NaN/Inf (not finite)",
+                            "the image holds no usable intensities; re-export it")
         warnings.append(f"{frac:.2%} NaN/Inf voxels set to 0")
         data = np.where(finite, data, 0.0).astype(np.float32)
     prov = Provenance(
@@ -63,29 +78,35 @@ def load_header(path: Path):
     try:
         return nib.load(str(path))
     except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
-        raise ScanError(path, f"corrupt gzip stream ({exc.__class__.__name__})") from exc
+        raise ScanError(path, f"corrupt gzip stream ({_one_line(exc)})",
+                        "the file is damaged or incompletely copied; copy it again or re-compress it") from exc
     except Exception as exc:  # nibabel raises many types for bad headers
-        raise ScanError(path, f"not a readable NIfTI file ({_one_line(exc)})") from exc
+        raise ScanError(path, f"not a readable NIfTI file ({_one_line(exc)})",
+                        "check that it is a NIfTI-1/2 file and was copied completely") from exc
 
 
-def checked_shape(path: Path, img, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[int, int, int]:
+def checked_shape(path: Path, img, max_voxels: int | None = None) -> tuple[int, int, int]:
     """Validate a NIfTI header before any voxel is allocated: 3D, sane size,
     invertible finite affine."""
+    max_voxels = default_max_voxels() if max_voxels is None else int(max_voxels)
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
         raise ScanError(path, f"{len(shape)}D image of shape {tuple(img.shape)}; medidiff scores 3D volumes only",
-                        "split 4D series into 3D volumes first")
+                        "split the 4D series into 3D volumes first" if len(shape) > 3
+                        else "a single slice or 2D image cannot be scored")
     if min(shape) < 2:
-        raise ScanError(path, f"shape {shape} is not a volume (a dimension < 2)")
+        raise ScanError(path, f"shape {shape} is not a volume (a dimension < 2)",
+                        "medidiff scores 3D volumes; a single slice cannot be scored")
     n_vox = int(np.prod(shape, dtype=np.int64))
     if n_vox > max_voxels:
         raise ScanError(path, f"header claims {n_vox:,} voxels {shape}, over the limit of {max_voxels:,}",
                         "raise MEDIDIFF_MAX_VOXELS if this is intended")
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ScanError(path, "affine is missing, singular or not finite")
+        raise ScanError(path, "affine is missing, singular or not finite",
+                        "fix the header's sform/qform (voxel sizes and orientation)")
     return shape  # type: ignore[return-value]
 
 

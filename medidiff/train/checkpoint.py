@@ -88,6 +88,12 @@ def _refuse_pickle(path: Path) -> None:
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise CheckpointError(f"{path}: looks like a pickle / torch.save file; medidiff only loads safetensors "
                               "and never unpickles checkpoints")
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    # safetensors: 8-byte little-endian header length, then a JSON object.
+    if len(head) < 9 or head[8:9] != b"{":
+        raise CheckpointError(f"{path}: not a safetensors file (no safetensors header; a pickle or another "
+                              "format?); medidiff only loads safetensors and never unpickles checkpoints")
 
 
 # ----------------------------------------------------------------------------- model files
@@ -100,7 +106,12 @@ def save_model(run_dir: str | Path, ema_state: dict[str, torch.Tensor], config: 
     tensors = {f"ema.{k}": v for k, v in ema_state.items()}
     if raw_state is not None:
         tensors.update({f"raw.{k}": v for k, v in raw_state.items()})
-    _save_tensors(tensors, run_dir / MODEL_FILE, metadata={"format": FORMAT})
+    # The config travels inside the hashed weights file too, so an edited model.json
+    # (another grid, modality, schedule) is caught at load time instead of silently
+    # scoring on a grid the weights and calibration were never made for.
+    _save_tensors(tensors, run_dir / MODEL_FILE,
+                  metadata={"format": FORMAT, "config": json.dumps(config.to_dict(), sort_keys=True,
+                                                                     default=_json_default)})
     digest = sha256_file(run_dir / MODEL_FILE)
     meta = {
         "format": FORMAT,
@@ -173,12 +184,15 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
     actual = sha256_file(wpath)
     if not expected or actual != expected:
         raise CheckpointError(f"{wpath}: content hash {actual} does not match model.json ({expected}); "
-                              "the weights were modified or belong to another run — refusing to load")
+                              "the weights were modified or belong to another run — refusing to load (if "
+                              "training was interrupted while saving, re-run `medidiff train --resume`; otherwise "
+                              "restore the model folder from its source)")
     try:
         config = Config.from_dict(meta["config"])
     except (KeyError, ConfigError) as exc:
         raise CheckpointError(f"{run_dir / META_FILE}: bad config ({exc})") from exc
     tensors = _load_tensors(wpath)
+    _check_config_matches_weights(wpath, config)
     prefix = f"{weights}."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
@@ -195,6 +209,43 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
     return LoadedModel(network=net, config=config, preprocess_config=config.preprocess,
                        scheduler_factory=SchedulerFactory(config.diffusion), model_hash=actual,
                        metadata=meta, run_dir=run_dir, device=dev)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _check_config_matches_weights(wpath: Path, config: Config) -> None:
+    """Refuse a model.json whose config differs from the one stored inside the
+    (hash-verified) weights file: e.g. grid or modality edited by hand."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(wpath), framework="pt") as fh:
+            stored = (fh.metadata() or {}).get("config")
+    except Exception:  # unreadable metadata was already reported by _load_tensors
+        return
+    if stored is None:  # written by an older medidiff: nothing to compare against
+        return
+    try:
+        saved = Config.from_dict(json.loads(stored)).to_dict()
+    except Exception as exc:
+        raise CheckpointError(f"{wpath}: config stored with the weights is unreadable ({exc})") from exc
+    now = json.loads(json.dumps(config.to_dict(), default=_json_default))
+    saved = json.loads(json.dumps(saved, default=_json_default))
+    if now != saved:
+        a, b = _flatten(saved), _flatten(now)
+        diffs = [f"{k}: {b.get(k)!r} in {META_FILE}, {a.get(k)!r} for the weights"
+                 for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        raise CheckpointError(
+            f"{wpath.parent / META_FILE}: config does not match the one the weights were trained with "
+            f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}); the model was built for another grid/"
+            "modality/settings — restore the original model.json or use the matching model")
 
 
 # ----------------------------------------------------------------------------- resume state
