@@ -295,7 +295,10 @@ def save_train_state(run_dir: str | Path, *, step: int, optimizer: torch.optim.O
                 opt_scalars[f"{pid}.{key}"] = val
     rng_t, rng_s = _rng_states()
     tensors.update(rng_t)
-    _save_tensors(tensors, run_dir / STATE_FILE)
+    # A step-numbered tensor file, then the JSON that points at it, then cleanup:
+    # a kill at any moment leaves a JSON whose tensor file exists and matches.
+    state_name = f"{Path(STATE_FILE).stem}-{int(step):08d}.safetensors"
+    _save_tensors(tensors, run_dir / state_name)
     sched_state = {k: v for k, v in lr_scheduler.state_dict().items() if k != "lr_lambdas"}
     meta = {
         "step": int(step),
@@ -304,21 +307,28 @@ def save_train_state(run_dir: str | Path, *, step: int, optimizer: torch.optim.O
         "lr_scheduler": sched_state,
         "rng": rng_s,
         **scalars,
-        "state_hash": sha256_file(run_dir / STATE_FILE),
+        "state_file": state_name,
+        "state_hash": sha256_file(run_dir / state_name),
     }
     write_text_atomic(run_dir / STATE_META_FILE, json.dumps(meta, default=_json_default) + "\n")
+    for old in run_dir.glob(f"{Path(STATE_FILE).stem}*.safetensors"):
+        if old.name != state_name:
+            old.unlink(missing_ok=True)
 
 
 def load_train_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     run_dir = Path(run_dir)
     meta_path = run_dir / STATE_META_FILE
-    if not meta_path.is_file() or not (run_dir / STATE_FILE).is_file():
-        raise CheckpointError(f"{run_dir}: no resume state ({STATE_FILE} + {STATE_META_FILE})")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{run_dir}: no resume state ({STATE_META_FILE})")
     meta = json.loads(meta_path.read_text())
-    actual = sha256_file(run_dir / STATE_FILE)
+    state_path = run_dir / meta.get("state_file", STATE_FILE)
+    if not state_path.is_file():
+        raise CheckpointError(f"{run_dir}: resume state {state_path.name} named in {STATE_META_FILE} is missing")
+    actual = sha256_file(state_path)
     if actual != meta.get("state_hash"):
-        raise CheckpointError(f"{run_dir / STATE_FILE}: hash does not match {STATE_META_FILE}; refusing to resume")
-    return _load_tensors(run_dir / STATE_FILE), meta
+        raise CheckpointError(f"{state_path}: hash does not match {STATE_META_FILE}; refusing to resume")
+    return _load_tensors(state_path), meta
 
 
 def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, model: torch.nn.Module,

@@ -102,3 +102,26 @@ def test_data_order_sharding_and_augment():
     # background stays zero without shift; no flip by default
     x = augment(data.images[0], data.foregrounds[0], type(cfg)(shift=0, probability=1.0), np.random.default_rng(0))
     assert np.all(x[~data.foregrounds[0]] == 0)
+
+
+def test_kill_between_state_files_keeps_previous_state(tmp_path, monkeypatch):
+    """A crash after the new tensor file is written but before its JSON leaves the
+    previous, consistent resume state (not a hash mismatch)."""
+    from medidiff.train import checkpoint as ckpt
+
+    cfg = tiny_config("train.max_steps=4", "train.checkpoint_every=2", "train.val_every=100")
+    Trainer(cfg, synthetic_prepared(2), None, tmp_path / "run", device="cpu", progress=False).run(max_steps=2)
+    _, meta_before = ckpt.load_train_state(tmp_path / "run")
+    real = ckpt.write_text_atomic
+
+    def crash(path, text):
+        if str(path).endswith(ckpt.STATE_META_FILE):
+            raise KeyboardInterrupt("killed between the tensor file and its JSON")
+        return real(path, text)
+
+    monkeypatch.setattr(ckpt, "write_text_atomic", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, synthetic_prepared(2), None, tmp_path / "run", device="cpu", progress=False).run(resume=True)
+    monkeypatch.setattr(ckpt, "write_text_atomic", real)
+    tensors, meta = ckpt.load_train_state(tmp_path / "run")
+    assert meta["step"] == meta_before["step"] == 2 and tensors
