@@ -22,7 +22,7 @@ SCORE_TYPES = ("topk_mean", "percentile", "supra_volume")
 @dataclass
 class ScoreConfig:
     # Partial noising: t* as fractions of the training timesteps; several levels are averaged.
-    t_fractions: tuple[float, ...] = (0.15,)
+    t_fractions: tuple[float, ...] = (0.1,)
     steps: int = 1  # DDIM steps from t* to 0; 1 = single-step x0 prediction
     n_draws: int = 4  # noise draws per t*, batched through the network together
     batch_size: int = 8
@@ -37,7 +37,7 @@ class ScoreConfig:
     erode_mm: float = 3.0  # foreground erosion: brain/body borders are reconstruction noise
     normalization: str = "voxelwise"  # needs calibration; falls back to none without it
     # Map -> scan score
-    score: str = "topk_mean"
+    score: str = "supra_volume"  # mm³ above the calibrated voxel threshold (needs calibration)
     topk_fraction: float = 0.005
     percentile: float = 99.9
     # AutoDDPM-style inpainting refinement

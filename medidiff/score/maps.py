@@ -120,9 +120,8 @@ def scan_score(amap: np.ndarray, fg_mask: np.ndarray, cfg: ScoreConfig, voxel_vo
         return 0.0
     if cfg.score == "percentile":
         return float(np.percentile(vals, cfg.percentile))
-    if cfg.score == "supra_volume":
-        if voxel_threshold is None:
-            raise ValueError("score 'supra_volume' needs a calibrated voxel threshold")
+    if cfg.score == "supra_volume" and voxel_threshold is not None:
         return float((vals > voxel_threshold).sum() * voxel_volume_mm3)
+    # topk_mean, and supra_volume without a calibrated threshold (uncalibrated model)
     k = max(1, int(round(cfg.topk_fraction * vals.size)))
     return float(np.partition(vals, vals.size - k)[-k:].mean())

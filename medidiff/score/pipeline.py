@@ -105,6 +105,9 @@ class Scorer:
         cal = self.calibration
         vthr = cal.voxel_threshold if cal is not None else None
         score = scan_score(mg.amap, mg.mask, self.cfg, self.voxel_volume, vthr)
+        warnings = list(volume.provenance.warnings)
+        if vthr is None and self.cfg.score == "supra_volume":
+            warnings.append("uncalibrated model: scan score is the top-k mean, not the supra-threshold volume")
         amap_src = mg.pre.mapping.to_source(mg.amap, order=1, fill=0.0, antialias=True).astype(np.float32)
         mask_src = (amap_src > vthr).astype(np.uint8) if vthr is not None else None
         recon_src = None
@@ -121,5 +124,5 @@ class Scorer:
             n_evals=mg.n_evals,
             seconds=time.perf_counter() - t0,
             model_grid=mg if keep_model_grid else None,
-            warnings=list(volume.provenance.warnings),
+            warnings=warnings,
         )

@@ -83,6 +83,8 @@ def test_scan_scores():
     assert scan_score(amap, mask, ScoreConfig(score="topk_mean", topk_fraction=0.002), 1.0) == pytest.approx(4.5)
     assert scan_score(amap, mask, ScoreConfig(score="supra_volume"), 8.0, voxel_threshold=2.5) == pytest.approx(24.0)
     assert scan_score(amap, mask, ScoreConfig(score="percentile", percentile=100), 1.0) == pytest.approx(5.0)
+    # no calibrated threshold: supra_volume falls back to the top-k mean
+    assert scan_score(amap, mask, ScoreConfig(score="supra_volume", topk_fraction=0.002), 8.0) == pytest.approx(4.5)
 
 
 def test_norm_stats_from_sums_matches_numpy():
