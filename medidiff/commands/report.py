@@ -26,4 +26,4 @@ def report(
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"report: {index}")
+    typer.echo(f"report: {Path(index).resolve()}")
