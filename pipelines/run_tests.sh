@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash pipelines/install.sh test
 VENV="${MEDIDIFF_VENV:-.venv}"
+# the venv's console scripts (medidiff, dcm2niix) are on PATH as in an activated venv
+export PATH="$(cd "$VENV/bin" && pwd):$PATH"
 exec "$VENV/bin/python" -m pytest -q "$@"
