@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from . import user_errors
+
 
 def score(
     model: Path = typer.Option(..., "--model", help="Trained (and ideally calibrated) model folder."),
@@ -30,21 +32,11 @@ def score(
     if not input.exists():
         typer.echo(f"error: {input}: input path does not exist; check --input", err=True)
         raise typer.Exit(2)
-    try:
+    with user_errors(OutputConflict, OutputError, ValueError):
         summary = score_folder(model, input, out, overrides=tuple(set_), config_path=config, shard=shard,
                                limit=limit, overwrite=overwrite, write_reconstruction=reconstruction,
                                dicom_outputs=dicom_outputs, device=device, progress=progress,
                                log=lambda m: typer.echo(m, err=True))
-    except (OutputConflict, OutputError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
-    except Exception as exc:
-        from ..train.checkpoint import CheckpointError
-
-        if isinstance(exc, CheckpointError):
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2)
-        raise
     typer.echo(summary.line())
     if report:
         from ..report.build import build_report

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from . import user_errors
+
 
 def _ints(values: List[str]) -> list[int]:
     out: list[int] = []
@@ -66,7 +68,7 @@ def synthesize(
     from ..synthesize.run import SynthConflict, SynthOptions, synthesize_run
     from ..synthesize.sampler import SamplerConfig
 
-    try:
+    with user_errors(SynthConflict, ValueError, FileNotFoundError):
         clip = None
         if clip_x0 is not None:
             clip = () if clip_x0.strip().lower() in ("none", "off", "") else tuple(
@@ -83,16 +85,6 @@ def synthesize(
             memorization_threshold=memorization_threshold, quality=quality, overwrite=overwrite)
         summary = synthesize_run(model, out, opts, device=device, progress=progress,
                                  log=lambda m: typer.echo(m, err=True))
-    except (SynthConflict, ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
-    except Exception as exc:
-        from ..train.checkpoint import CheckpointError
-
-        if isinstance(exc, CheckpointError):
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2)
-        raise
     typer.echo(summary.line())
     if summary.labels is not None:
         typer.echo(f"labels: {summary.labels}")
