@@ -15,6 +15,7 @@ quantile of the healthy calibration scores. Maps are on each scan's own grid.
 
 from __future__ import annotations
 
+import abc
 import datetime as _dt
 import hashlib
 import json
@@ -48,7 +49,7 @@ def topk_score(values: np.ndarray, topk_fraction: float) -> float:
     return float(np.partition(values, values.size - k)[-k:].mean())
 
 
-class BaselineMethod:
+class BaselineMethod(abc.ABC):
     """Interface: ``fit`` on a healthy training folder (optional), ``map`` a Volume
     → (anomaly map, scoring region), both on the volume's own grid."""
 
@@ -67,8 +68,9 @@ class BaselineMethod:
     def save(self, folder: Path) -> None:
         return None
 
+    @abc.abstractmethod
     def map(self, volume) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """(anomaly map, scoring region) on ``volume``'s own grid."""
 
     def model_hash(self) -> str:
         h = hashlib.sha256()
