@@ -45,6 +45,16 @@ def _series_number(sources) -> int:
         return 1000
 
 
+def _derived_series(sources, model_hash: str, offset: int) -> dict:
+    """Identity of a new derived series (fresh UIDs; the device is the model)."""
+    import highdicom as hd
+
+    return dict(series_instance_uid=hd.UID(), series_number=_series_number(sources) + offset,
+                sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+                manufacturer_model_name="medidiff", software_versions=__version__,
+                device_serial_number=model_hash[:16])
+
+
 def write_segmentation(volume: Volume, mask: np.ndarray, path: Path, model_hash: str) -> Path:
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -65,14 +75,7 @@ def write_segmentation(volume: Volume, mask: np.ndarray, path: Path, model_hash:
         pixel_array=_frames(mask.astype(np.uint8)),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[desc],
-        series_instance_uid=hd.UID(),
-        series_number=_series_number(sources),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name="medidiff",
-        software_versions=__version__,
-        device_serial_number=model_hash[:16],
+        **_derived_series(sources, model_hash, offset=0),
         series_description="medidiff anomaly mask",
         omit_empty_frames=False,
     )
@@ -99,14 +102,7 @@ def write_parametric_map(volume: Volume, amap: np.ndarray, path: Path, model_has
     pm = hd.pm.ParametricMap(
         source_images=sources,
         pixel_array=_frames(amap.astype(np.float32)),
-        series_instance_uid=hd.UID(),
-        series_number=_series_number(sources) + 1,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name="medidiff",
-        software_versions=__version__,
-        device_serial_number=model_hash[:16],
+        **_derived_series(sources, model_hash, offset=1),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=hi / 2, window_width=hi)],
