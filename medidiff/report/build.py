@@ -1,17 +1,21 @@
 """Offline HTML report of a scoring run: ``OUT/report/index.html`` + one page per scan.
 
-The report folder is self-contained: inline CSS/JS, PNGs next to the pages,
-relative links only, so it opens from disk (or a copied folder) without a
-network. Layout::
+The report folder is self-contained: inline CSS/JS, PNGs next to the pages, the
+slice scroller's volume embedded in each scan page, relative links only, so it
+opens from disk without a network. Layout::
 
     OUT/report/index.html               all scans, sortable/filterable; counts; evaluation
-    OUT/report/assets/*.png             run-level figures (score histogram, ROC/PR)
-    OUT/report/scans/<scan_id>.html     one page per scan
-    OUT/report/scans/<scan_id>/*.png    its views
+    OUT/report/assets/*.png             run-level figures (colour scale, score histogram, ROC/PR)
+    OUT/report/scans/<scan_id>.html     one page per scan (links to its outputs in OUT/scans/<scan_id>/)
+    OUT/report/scans/<scan_id>/*.png    its views and index thumbnail
 
-Patient identifiers (DICOM PatientName / PatientID) and DICOM source folders
-(often named after the patient) are left out unless ``show_phi=True``; known
-identifier strings are also redacted from error and warning texts.
+Every anomaly colour in the report uses one colour scale for the whole run
+(``assets/colourbar.png``), so a colour means the same value on every page.
+
+Patient identifiers (DICOM PatientName / PatientID), Study/Series Instance UIDs
+and DICOM source folders (often named after the patient) are left out unless
+``show_phi=True``; known identifier strings are also redacted from error and
+warning texts.
 
 The report is rebuilt from scratch in a staging folder and swapped in, so an
 interrupted build never leaves a half-written report behind.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -36,6 +41,17 @@ REPORT_DIR = "report"
 EVAL_DIR = "evaluation"
 REDACTED = "[redacted]"
 TEMPLATES = Path(__file__).parent / "templates"
+BORDERLINE = 0.25  # a score within ±25 % of the scan threshold is marked borderline
+# Files a scan folder may hold, in the order the page lists them, with what they are.
+OUTPUT_FILES = {
+    "anomaly_map": "anomaly map (NIfTI float32, the scan's grid)",
+    "mask": "voxels above the voxel threshold (NIfTI uint8)",
+    "brain_mask": "brain mask (NIfTI)",
+    "reconstruction": "reconstruction (NIfTI)",
+    "segmentation": "DICOM Segmentation of the mask",
+    "parametric_map": "DICOM Parametric Map of the anomaly map",
+}
+QC_KEYS = ("brain_volume_ml", "brain_volume_mm3", "registration_similarity", "registration_ncc")
 
 
 @dataclass
@@ -49,8 +65,20 @@ class RunContext:
     map_label: str
     labels: dict[str, int] | None
     show_phi: bool
+    gt_masks: dict[str, Path] = field(default_factory=dict)
     phi_strings: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    scale: Any = None  # render.ColourScale, set once for the whole run
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        return self.run.get("calibration") or {}
+
+    @property
+    def volume_score(self) -> bool:
+        """The score is mm³ above the voxel threshold (else a map statistic)."""
+        cfg = self.run.get("score_config") or {}
+        return cfg.get("score", "supra_volume") == "supra_volume" and self.voxel_threshold is not None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -84,26 +112,13 @@ def _healthy_scores(run: dict[str, Any], notes: list[str]) -> list[float]:
     return [f for f in (_num(v) for v in cal.get("healthy_scores") or []) if f is not None]
 
 
-def read_label_map(path: str | Path) -> dict[str, int]:
-    """scan_id → 0/1 from a labels CSV (same columns as ``medidiff evaluate``)."""
-    try:
-        from ..evaluate.labels import read_labels
-    except ImportError:  # pragma: no cover - evaluation module absent
-        read_labels = None
-    if read_labels is not None:
-        return {r.scan_id: int(r.label) for r in read_labels(path)}
-    import csv
+def read_label_map(path: str | Path) -> tuple[dict[str, int], dict[str, Path]]:
+    """scan_id → 0/1 and scan_id → ground-truth mask path, from a labels CSV (the
+    columns ``medidiff evaluate`` reads)."""
+    from ..evaluate.labels import read_labels
 
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    out = {}
-    for r in rows:
-        low = {k.strip().lower(): (v or "").strip().lower() for k, v in r.items() if k}
-        sid = next((r[k] for k in r if k and k.strip().lower() in ("scan_id", "name", "id")), None)
-        lab = next((low[k] for k in ("label", "anomalous", "anomaly", "abnormal") if k in low), None)
-        if sid and lab is not None:
-            out[sid.strip()] = 1 if lab in {"1", "true", "yes", "anomalous", "abnormal", "lesion", "1.0"} else 0
-    return out
+    rows = read_labels(path)
+    return {r.scan_id: int(r.label) for r in rows}, {r.scan_id: r.mask_path for r in rows if r.mask_path}
 
 
 def _context(out: Path, labels: str | Path | None, show_phi: bool) -> RunContext:
@@ -116,15 +131,44 @@ def _context(out: Path, labels: str | Path | None, show_phi: bool) -> RunContext
     cfg = run.get("score_config") or {}
     calibrated = bool(run.get("calibrated"))
     if calibrated and cfg.get("normalization", "voxelwise") != "none":
-        map_label = "anomaly (residual in healthy-variation units)"
+        map_label = "anomaly (z: units of healthy variation)"
     elif calibrated:
         map_label = "anomaly (smoothed residual)"
     else:
         map_label = "anomaly (raw residual, uncalibrated)"
+    label_map, gt_masks = read_label_map(labels) if labels else (None, {})
     return RunContext(out=out, run=run, summary=summary, healthy_scores=_healthy_scores(run, notes),
                       voxel_threshold=_num(cal.get("voxel_threshold")), scan_threshold=_num(cal.get("scan_threshold")),
-                      map_label=map_label, labels=read_label_map(labels) if labels else None, show_phi=show_phi,
-                      notes=notes)
+                      map_label=map_label, labels=label_map, gt_masks=gt_masks, show_phi=show_phi, notes=notes)
+
+
+# --------------------------------------------------------------------------------------------
+# formatting: one style for numbers, volumes and times across the report
+
+
+def cm3(mm3: float | None) -> str:
+    """mm³ as cm³ with enough digits to tell small volumes apart, never in e-notation."""
+    if mm3 is None:
+        return "—"
+    v = mm3 / 1000.0
+    if v == 0:
+        return "0"
+    return f"{v:.1f}" if abs(v) >= 1 else (f"{v:.2f}" if abs(v) >= 0.01 else f"{v:.3f}")
+
+
+def stamp(iso: Any) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM UTC' (the one format the report uses)."""
+    try:
+        t = _dt.datetime.fromisoformat(str(iso))
+    except (TypeError, ValueError):
+        return "—"
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _fmt(v: float | None, spec: str = ".3g") -> str:
+    return "—" if v is None else format(v, spec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,11 +191,26 @@ class ScanEntry:
     source: str = ""
     source_short: str = ""
     render_error: str = ""
+    gt_note: str = ""
     views: Any = None
+    clusters: Any = None  # clusters.ClusterStats
+    scroller: tuple[str, str] | None = None  # (metadata JSON, base64 volume)
+    has_gt: bool = False
+    series_description: str = ""
     phi: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    qc: dict[str, Any] = field(default_factory=dict)
+    links: list[dict[str, Any]] = field(default_factory=list)
+    prev: Any = None
+    next: Any = None
     hist: str | None = None
     render_seconds: float = 0.0
+
+    @property
+    def thumb(self) -> str | None:
+        if self.views is not None and "thumb" in self.views.files:
+            return f"scans/{quote(self.scan_id)}/{self.views.files['thumb']}"
+        return None
 
 
 def _is_dicom(fmt: str | None) -> bool:
@@ -183,7 +242,50 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return np.asanyarray(img.dataobj), img.affine
 
 
-def _render_entry(ctx: RunContext, entry: ScanEntry, page_dir: Path, log: Callable[[str], None]) -> None:
+def _same_grid(shape: tuple, affine: np.ndarray, arr: np.ndarray, aff: np.ndarray) -> bool:
+    return tuple(arr.shape) == tuple(shape) and np.allclose(aff, affine, atol=1e-3)
+
+
+def _source_info(ctx: RunContext, entry: ScanEntry, shape: tuple, affine: np.ndarray) -> np.ndarray:
+    """The source scan's pixels (for display) and its provenance, minus identifiers."""
+    vol = _load_source(entry)
+    if not _same_grid(shape, affine, vol.array, vol.affine):
+        raise ValueError(f"source scan grid {vol.shape} no longer matches the anomaly map {tuple(shape)}")
+    prov = vol.provenance
+    for s in (prov.patient_id, prov.patient_name, prov.study_uid, prov.series_uid):
+        if s and str(s).strip():
+            ctx.phi_strings.add(str(s).strip())
+    if ctx.show_phi:
+        entry.phi = {"patient name": str(prov.patient_name or ""), "patient ID": str(prov.patient_id or "")}
+    d = prov.to_dict(include_phi=False)
+    n_files = len(d.pop("source_paths", []) or [])
+    for k in ("warnings", "scan_id", "format", *(() if ctx.show_phi else ("study_uid", "series_uid"))):
+        d.pop(k, None)
+    entry.series_description = str(prov.series_description or "")
+    entry.provenance = {k: v for k, v in d.items() if v not in (None, "", [])}
+    entry.provenance["files"] = n_files
+    entry.provenance["stored orientation"] = vol.orientation
+    return vol.array
+
+
+def _ground_truth(ctx: RunContext, entry: ScanEntry, shape: tuple, affine: np.ndarray) -> np.ndarray | None:
+    path = ctx.gt_masks.get(entry.scan_id) or ctx.gt_masks.get(str(entry.result.get("scan_id") or ""))
+    if path is None:
+        return None
+    gt = _load_nifti(Path(path))
+    if gt is None:
+        entry.gt_note = f"ground-truth mask {Path(path).name} not found: contour not drawn"
+    elif not _same_grid(shape, affine, gt[0], gt[1]):
+        entry.gt_note = (f"ground-truth mask {Path(path).name} is on another grid ({tuple(gt[0].shape)}) than the "
+                         f"scan ({tuple(shape)}): contour not drawn")
+    else:
+        return np.asarray(gt[0]) > 0
+    return None
+
+
+def _render_entry(ctx: RunContext, entry: ScanEntry, page_dir: Path) -> None:
+    from . import scroller
+    from .clusters import find_clusters, supra_threshold
     from .render import render_scan, score_histogram
 
     t0 = time.perf_counter()
@@ -193,43 +295,59 @@ def _render_entry(ctx: RunContext, entry: ScanEntry, page_dir: Path, log: Callab
                         threshold=ctx.scan_threshold, title="this scan vs healthy calibration scores")
         entry.hist = "distribution.png"
     if entry.status != "ok":
-        entry.render_seconds = time.perf_counter() - t0
         return
     outputs = entry.result.get("outputs") or {}
     amap = _load_nifti(entry.scan_dir / outputs.get("anomaly_map", "anomaly_map.nii.gz"))
     if amap is None:
         entry.render_error = "anomaly_map.nii.gz missing"
         return
-    amap_arr, affine = amap
+    amap_arr, affine = np.asarray(amap[0], np.float32), amap[1]
     mask = _load_nifti(entry.scan_dir / outputs["mask"]) if outputs.get("mask") else None
     recon = _load_nifti(entry.scan_dir / outputs["reconstruction"]) if outputs.get("reconstruction") else None
     scan_arr = None
     try:
-        vol = _load_source(entry)
-        if vol.shape != tuple(amap_arr.shape) or not np.allclose(vol.affine, affine, atol=1e-3):
-            raise ValueError(f"source scan grid {vol.shape} no longer matches the anomaly map {amap_arr.shape}")
-        scan_arr = vol.array
-        prov = vol.provenance
-        for s in (prov.patient_id, prov.patient_name):
-            if s and str(s).strip():
-                ctx.phi_strings.add(str(s).strip())
-        if ctx.show_phi:
-            entry.phi = {"patient name": str(prov.patient_name or ""), "patient ID": str(prov.patient_id or "")}
-        d = prov.to_dict(include_phi=False)
-        n_files = len(d.pop("source_paths", []) or [])
-        d.pop("warnings", None)
-        d.pop("scan_id", None)
-        d.pop("format", None)
-        entry.provenance = {k: v for k, v in d.items() if v not in (None, "", [])}
-        entry.provenance["files"] = n_files
-        entry.provenance["stored orientation"] = vol.orientation
+        scan_arr = _source_info(ctx, entry, amap_arr.shape, affine)
     except Exception as exc:  # the map is still worth showing
         entry.render_error = f"source scan not shown: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    entry.views = render_scan(img_dir, amap_arr, affine, scan=scan_arr,
-                              mask=mask[0] if mask is not None else None,
-                              recon=recon[0] if recon is not None else None,
-                              threshold=ctx.voxel_threshold, map_label=ctx.map_label)
+    gt = _ground_truth(ctx, entry, amap_arr.shape, affine)
+    entry.has_gt = gt is not None
+    supra = supra_threshold(amap_arr, mask[0] if mask is not None else None, ctx.voxel_threshold)
+    if supra is not None:
+        entry.clusters = find_clusters(amap_arr, supra, affine)
+    worlds = [c.centroid_world for c in entry.clusters.clusters] if entry.clusters else []
+    entry.views = render_scan(img_dir, amap_arr, affine, ctx.scale, scan=scan_arr,
+                              mask=mask[0] if mask is not None else None, gt=gt,
+                              recon=recon[0] if recon is not None else None, cluster_worlds=worlds)
+    meta, data = scroller.payload(entry.views.prepared, ctx.scale)
+    entry.views.prepared = None  # the volumes are not needed any more
+    entry.scroller = (scroller.meta_json(meta), data)
     entry.render_seconds = time.perf_counter() - t0
+
+
+def _links(ctx: RunContext, entry: ScanEntry) -> list[dict[str, Any]]:
+    """Every output file of the scan, as links relative to the scan page."""
+    outputs = dict(entry.result.get("outputs") or {})
+    if (entry.scan_dir / "brain_mask.nii.gz").is_file():
+        outputs.setdefault("brain_mask", "brain_mask.nii.gz")
+    rel = Path(os.path.relpath(entry.scan_dir, ctx.out / REPORT_DIR / "scans")).as_posix()
+    order = [*OUTPUT_FILES, *sorted(k for k in outputs if k not in OUTPUT_FILES)]
+    links = []
+    for key in order:
+        if key in outputs:
+            name = str(outputs[key])
+            present = (entry.scan_dir / name).is_file()
+            links.append({"name": name, "what": OUTPUT_FILES.get(key, key.replace("_", " ")),
+                          "href": f"{rel}/{quote(name)}" if present else None})
+    links.append({"name": "result.json", "what": "scores, settings and warnings of this scan",
+                  "href": f"{rel}/result.json"})
+    return links
+
+
+def _qc(result: dict[str, Any]) -> dict[str, Any]:
+    """Per-scan quality-control values, whatever of them the scorer wrote."""
+    qc = dict(result.get("qc") or {}) if isinstance(result.get("qc"), dict) else {}
+    qc.update({k: result[k] for k in QC_KEYS if k in result})
+    return {str(k).replace("_", " "): (_fmt(v) if isinstance(v, float) else v) for k, v in qc.items()}
 
 
 def _entries(ctx: RunContext) -> list[ScanEntry]:
@@ -244,13 +362,15 @@ def _entries(ctx: RunContext) -> list[ScanEntry]:
                       status=str(res.get("status") or "failed"), score=_num(res.get("score")),
                       percentile=_num(res.get("percentile")), flag=None if flag is None else bool(flag),
                       warnings=[str(w) for w in res.get("warnings") or []], error=str(res.get("error") or ""),
-                      source=str(res.get("source_path") or ""))
+                      source=str(res.get("source_path") or ""), qc=_qc(res))
         if ctx.labels is not None:
             e.label = ctx.labels.get(sid, ctx.labels.get(e.scan_id))
         e.page = f"scans/{quote(e.scan_id)}.html"
         entries.append(e)
     # highest score first; failures at the end
     entries.sort(key=lambda e: (e.status != "ok", -(e.score if e.score is not None else -np.inf), e.scan_id))
+    for a, b in zip(entries, entries[1:]):
+        a.next, b.prev = b, a
     return entries
 
 
@@ -273,9 +393,9 @@ def _redact(ctx: RunContext, entries: list[ScanEntry]) -> None:
         if _is_dicom(e.result.get("format")) and e.source:
             texts = [t.replace(e.source, "<DICOM series folder>") for t in texts]
             e.source = "DICOM series (folder hidden; --show-phi shows it)"
-        for s in sorted(ctx.phi_strings, key=len, reverse=True):
-            texts = [t.replace(s, REDACTED) for t in texts]
-            e.source = e.source.replace(s, REDACTED)
+        texts = [_redact_text(t, ctx.phi_strings) for t in texts]
+        e.source = _redact_text(e.source, ctx.phi_strings)
+        e.series_description = _redact_text(e.series_description, ctx.phi_strings)
         e.error, e.render_error, e.warnings = texts[0], texts[-1], texts[1:-1]
         e.provenance = {k: _redact_text(v, ctx.phi_strings) for k, v in e.provenance.items()}
     _shorten(ctx, entries)
@@ -293,23 +413,119 @@ def _redact_text(v: Any, phi: set[str]) -> Any:
 # run level
 
 
+def _run_scale(ctx: RunContext, entries: list[ScanEntry]):
+    """One colour scale for every page. Without a voxel threshold it needs one pass over
+    the maps first (the largest per-scan 99.9th percentile)."""
+    from .render import run_scale
+
+    tops: list[float] = []
+    if ctx.voxel_threshold is None:
+        for e in entries:
+            name = (e.result.get("outputs") or {}).get("anomaly_map", "anomaly_map.nii.gz")
+            m = _load_nifti(e.scan_dir / name) if e.status == "ok" else None
+            if m is not None:
+                a = np.asarray(m[0], np.float32)
+                a = a[np.isfinite(a)]
+                if a.size:
+                    tops.append(float(np.percentile(a, 99.9)))
+    return run_scale(ctx.voxel_threshold, ctx.map_label, tops)
+
+
+def _score_phrase(ctx: RunContext, score: float | None) -> str:
+    if score is None:
+        return "—"
+    if ctx.volume_score:
+        return f"{cm3(score)} cm³ above threshold"
+    return f"{score:.3g}"
+
+
+def _flag_phrase(ctx: RunContext) -> str:
+    thr = ctx.scan_threshold
+    if thr is None:
+        return ""
+    return f"flag at {cm3(thr)} cm³" if ctx.volume_score else f"flag at {thr:.3g}"
+
+
+def _borderline(ctx: RunContext, score: float | None) -> bool:
+    thr = ctx.scan_threshold
+    return score is not None and thr is not None and thr > 0 and abs(score - thr) <= BORDERLINE * thr
+
+
+def _calibration_text(ctx: RunContext) -> str:
+    cal = ctx.calibration
+    fpr, target, n = _num(cal.get("achieved_scan_fpr")), _num(cal.get("scan_fpr")), cal.get("n_scans")
+    if ctx.scan_threshold is None:
+        return "Uncalibrated run: no scan threshold, no flags."
+    what = (f"Scans are flagged when more than {cm3(ctx.scan_threshold)} cm³ of brain lies above the voxel "
+            f"threshold ({_fmt(ctx.voxel_threshold)} z)" if ctx.volume_score
+            else f"Scans are flagged when the score exceeds {ctx.scan_threshold:.3g}")
+    if fpr is None:
+        return what + "."
+    how = f"it flagged {100 * fpr:.1f} % of n = {n} healthy calibration scans (leave-one-out"
+    how += f"; target {100 * target:.1f} %)" if target is not None else ")"
+    return f"{what}; {how}. Borderline: within ±{int(100 * BORDERLINE)} % of the threshold."
+
+
+_SKIP_METRICS = {"definitions", "options", "scans", "run", "labels", "masks_dir", "missing", "failed", "evaluated",
+                 "model_hash", "config_hash", "splits_note"}
+
+
+def _metric_value(v: Any, ci: Any = None) -> str:
+    text = f"{v:.3f}" if isinstance(v, float) else str(v)
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return text
+
+
+def metric_tables(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """metrics.json as titled tables of (name, value [95 % CI]) rows: one per section,
+    nested sections flattened with ' › ', lists summarised by their length."""
+    tables = []
+    top = [(k, v) for k, v in metrics.items() if not isinstance(v, dict) and k not in _SKIP_METRICS]
+    sections = [("overview", dict(top))] + [(k, v) for k, v in metrics.items()
+                                              if isinstance(v, dict) and k not in _SKIP_METRICS]
+    for title, sec in sections:
+        rows: list[tuple[str, str]] = []
+
+        def walk(d: dict[str, Any], prefix: str) -> None:
+            for k, v in d.items():
+                if k.endswith("_ci95"):
+                    continue
+                name = f"{prefix}{k}".replace("_", " ")
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k} › ")
+                elif isinstance(v, list):
+                    if v and all(isinstance(x, (int, float, str)) for x in v) and len(v) <= 8:
+                        rows.append((name, ", ".join(_metric_value(x) for x in v)))
+                    else:
+                        rows.append((name, f"{len(v)} entries (see metrics.json)"))
+                elif v is not None:
+                    rows.append((name, _metric_value(v, d.get(f"{k}_ci95"))))
+
+        walk(sec, "")
+        if rows:
+            tables.append({"title": title.replace("_", " "), "rows": rows})
+    return tables
+
+
 def _evaluation(ctx: RunContext, dest: Path, entries: list[ScanEntry]) -> dict[str, Any]:
-    """Evaluation module outputs (copied into the report) and label-based curves."""
-    ev: dict[str, Any] = {"images": [], "metrics": None, "summary_md": None, "labels": None}
+    """`medidiff evaluate` outputs rendered as tables and figures; label-based curves only
+    when no evaluation exists (one set of curves, never two)."""
+    ev: dict[str, Any] = {"images": [], "tables": [], "note": None, "labels": None}
     src = ctx.out / EVAL_DIR
+    metrics_path = src / "metrics.json"
     if src.is_dir():
         for png in sorted(src.glob("*.png")):
             (dest / "evaluation").mkdir(parents=True, exist_ok=True)
             shutil.copy2(png, dest / "evaluation" / png.name)
             ev["images"].append({"src": f"evaluation/{quote(png.name)}", "name": png.stem.replace("_", " ")})
-        metrics = src / "metrics.json"
-        if metrics.is_file():
-            try:
-                ev["metrics"] = json.loads(metrics.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                ev["metrics"] = {"error": f"metrics.json unreadable: {exc}"}
-        if (src / "summary.md").is_file():
-            ev["summary_md"] = (src / "summary.md").read_text(errors="replace")
+        if metrics_path.is_file():
+            metrics = _read_json(metrics_path)
+            if metrics:
+                ev["tables"] = metric_tables(metrics)
+                ev["evaluated"] = stamp(metrics.get("evaluated"))
+            else:
+                ev["note"] = "evaluation/metrics.json is unreadable: re-run `medidiff evaluate`"
     if ctx.labels is not None:
         pairs = [(e.label, e.score) for e in entries if e.label is not None and e.score is not None]
         info: dict[str, Any] = {"n_labelled": len(pairs), "n_unlabelled": sum(e.label is None for e in entries)}
@@ -318,33 +534,14 @@ def _evaluation(ctx: RunContext, dest: Path, entries: list[ScanEntry]) -> dict[s
             from .render import curves
 
             info.update(curves(dest / "assets", ys, [p[1] for p in pairs]))
-            info["images"] = [{"src": "assets/roc.png", "name": "ROC (labels)"},
-                              {"src": "assets/pr.png", "name": "precision–recall (labels)"}]
+            if not ev["images"]:
+                info["images"] = [{"src": "assets/roc.png", "name": "ROC (labels)"},
+                                  {"src": "assets/pr.png", "name": "precision–recall (labels)"}]
         else:
             info["note"] = "curves need scored scans of both classes"
         ev["labels"] = info
-    ev["present"] = bool(ev["images"] or ev["metrics"] or ev["summary_md"] or ev["labels"])
+    ev["present"] = bool(ev["images"] or ev["tables"] or ev["note"] or ev["labels"])
     return ev
-
-
-def _metric_rows(metrics: Any) -> list[tuple[str, str]]:
-    """Top-level keys of metrics.json as (name, value-text) rows, generically."""
-    if not isinstance(metrics, dict):
-        return [("metrics", _fmt_any(metrics))]
-    return [(str(k), _fmt_any(v)) for k, v in metrics.items()]
-
-
-def _fmt_any(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (dict, list)):
-        text = json.dumps(v, indent=1, default=str)
-        return text if len(text) < 4000 else text[:4000] + " …"
-    return str(v)
-
-
-def _fmt(v: float | None, spec: str = ".4g") -> str:
-    return "—" if v is None else format(v, spec)
 
 
 def _env():
@@ -355,12 +552,22 @@ def _env():
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = _fmt
     env.filters["q"] = quote
+    env.filters["cm3"] = cm3
+    env.filters["stamp"] = stamp
     return env
+
+
+def _run_times(entries: list[ScanEntry]) -> str:
+    """When the results were produced: the last scan's finishing time (one run timestamp)."""
+    done = [str(e.result.get("finished")) for e in entries if e.result.get("finished")]
+    return stamp(max(done, key=lambda s: stamp(s))) if done else "—"
 
 
 def build_report(out_dir: str | Path, labels: str | Path | None = None, show_phi: bool = False,
                  log: Callable[[str], None] | None = None) -> Path:
     """Build ``OUT/report/`` for the scoring run in ``out_dir``; returns the index.html path."""
+    from .render import render_colourbar, score_histogram
+
     log = log or (lambda m: None)
     out = Path(out_dir)
     if not out.is_dir():
@@ -371,19 +578,20 @@ def build_report(out_dir: str | Path, labels: str | Path | None = None, show_phi
     try:
         (stage / "scans").mkdir()
         (stage / "assets").mkdir()
+        ctx.scale = _run_scale(ctx, entries)
+        render_colourbar(stage / "assets" / "colourbar.png", ctx.scale)
         for e in entries:
             try:
-                _render_entry(ctx, e, stage / "scans", log)
+                _render_entry(ctx, e, stage / "scans")
             except Exception as exc:  # one bad scan never stops the report
                 first = str(exc).splitlines()[0] if str(exc) else ""
                 e.render_error = f"views not rendered: {type(exc).__name__}: {first}"
                 log(f"report: {e.scan_id}: {e.render_error}")
+            e.links = _links(ctx, e)
         _redact(ctx, entries)
         run_hist = None
         scores = [e.score for e in entries if e.score is not None]
         if ctx.healthy_scores or scores:
-            from .render import score_histogram
-
             score_histogram(stage / "assets" / "scores.png", ctx.healthy_scores, scores=scores,
                             threshold=ctx.scan_threshold, title="scan scores: this run vs healthy calibration")
             run_hist = "assets/scores.png"
@@ -394,31 +602,35 @@ def build_report(out_dir: str | Path, labels: str | Path | None = None, show_phi
             "ok": sum(e.status == "ok" for e in entries),
             "failed": sum(e.status != "ok" for e in entries),
             "flagged": sum(bool(e.flag) for e in entries),
+            "borderline": sum(_borderline(ctx, e.score) for e in entries),
             "warnings": sum(bool(e.warnings) for e in entries),
             "skipped_files": len(ctx.summary.get("skipped_files") or []),
         }
         run = ctx.run
         t_star = run.get("t_star")
+        built = stamp(_dt.datetime.now(_dt.timezone.utc).isoformat())
+        scored = _run_times(entries)
         provenance = {
             "model hash": str(run.get("model_hash") or "—"),
             "settings hash": str(run.get("config_hash") or "—"),
             "t* (timesteps)": ", ".join(str(t) for t in t_star) if isinstance(t_star, list) else str(t_star or "—"),
             "calibrated": "yes" if run.get("calibrated") else "no (no thresholds, flags or percentiles)",
-            "voxel threshold": _fmt(ctx.voxel_threshold),
-            "scan threshold": _fmt(ctx.scan_threshold),
+            "voxel threshold": f"{_fmt(ctx.voxel_threshold)} z" if ctx.voxel_threshold is not None else "—",
+            "scan threshold": _flag_phrase(ctx).replace("flag at ", "") or "—",
+            "colour scale": f"0 – {ctx.scale.vmax:g} ({ctx.scale.label}); brighter values clipped, drawn white",
             "medidiff version": str(run.get("medidiff_version") or "—"),
-            "scoring started": str(run.get("started") or "—"),
-            "scoring finished": str(ctx.summary.get("finished") or "—"),
+            "results as of": scored,
         }
-        built = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        common = dict(provenance=provenance, score_config=run.get("score_config") or {}, built=built,
-                      show_phi=show_phi, map_label=ctx.map_label, has_labels=ctx.labels is not None)
+        common = dict(provenance=provenance, score_config=run.get("score_config") or {}, built=built, scored=scored,
+                      show_phi=show_phi, map_label=ctx.map_label, has_labels=ctx.labels is not None, ctx=ctx,
+                      scale=ctx.scale, score_phrase=lambda s: _score_phrase(ctx, s),
+                      borderline=lambda s: _borderline(ctx, s), flag_phrase=_flag_phrase(ctx),
+                      calibration_text=_calibration_text(ctx))
         for e in entries:
-            page = env.get_template("scan.html.j2").render(e=e, ctx=ctx, **common)
+            page = env.get_template("scan.html.j2").render(e=e, **common)
             (stage / "scans" / f"{e.scan_id}.html").write_text(page, encoding="utf-8")
         index = env.get_template("index.html.j2").render(
             entries=entries, counts=counts, notes=ctx.notes, run_hist=run_hist, evaluation=evaluation,
-            metric_rows=_metric_rows(evaluation["metrics"]) if evaluation["metrics"] is not None else [],
             skipped=ctx.summary.get("skipped_files") or [], **common)
         (stage / "index.html").write_text(index, encoding="utf-8")
         dest = out / REPORT_DIR

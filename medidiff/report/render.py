@@ -110,46 +110,97 @@ def plane_for(view: str, can: Canonical) -> Plane:
 
 # --------------------------------------------------------------------------------------------
 # display scaling
+# --------------------------------------------------------------------------------------------
+# display scaling
 
 
 @dataclass
-class Display:
-    """Intensity window and anomaly-map colour scale shared by all views of a scan."""
+class ColourScale:
+    """The anomaly-map colour scale, one for the whole run so a colour means the same
+    value on every page. Values above ``vmax`` are drawn in OVER_COLOR (the colourbar's
+    extend arrow), values at or below 0 are transparent."""
+
+    vmax: float
+    threshold: float | None
+    label: str
+
+    @property
+    def ref(self) -> float:
+        """Opacity reaches OVERLAY_ALPHA here: the voxel threshold, else half the scale."""
+        return self.threshold if self.threshold and self.threshold > 0 else 0.5 * self.vmax
+
+    def colours(self, a: np.ndarray) -> np.ndarray:
+        from matplotlib import colormaps
+
+        rgb = colormaps[MAP_CMAP](np.clip(a / self.vmax, 0.0, 1.0))[..., :3]
+        rgb[a > self.vmax] = OVER_RGB
+        return rgb
+
+    def alpha(self, a: np.ndarray) -> np.ndarray:
+        """0 below half the reference value, ramping to OVERLAY_ALPHA at it."""
+        ref = self.ref
+        return OVERLAY_ALPHA * np.clip((a - 0.5 * ref) / max(0.5 * ref, 1e-6), 0.0, 1.0)
+
+    def lut(self) -> list[str]:
+        """The 256-entry colour table as hex, shared with the page's slice scroller."""
+        from matplotlib import colormaps
+        from matplotlib.colors import to_hex
+
+        cmap = colormaps[MAP_CMAP]
+        return [to_hex(cmap(i / 255.0)) for i in range(256)]
+
+
+OVER_COLOR = "#ffffff"
+OVER_RGB = (1.0, 1.0, 1.0)
+GT_COLOR = "#ff3df5"
+CROSS_COLOR = "#7CFC00"
+
+
+def nice_ceil(v: float) -> float:
+    """Smallest of 1, 2, 2.5, 5 × 10^k that is ≥ v: a colour-scale top a reader can read."""
+    if not np.isfinite(v) or v <= 0:
+        return 1.0
+    e = 10.0 ** np.floor(np.log10(v))
+    return float(next(m * e for m in (1, 2, 2.5, 5, 10) if m * e >= v * (1 - 1e-9)))
+
+
+def run_scale(threshold: float | None, map_label: str, map_p999: Sequence[float] = ()) -> ColourScale:
+    """Twice the voxel threshold when calibrated (the threshold sits mid-scale), else the
+    largest per-scan 99.9th percentile of the run; rounded up to a readable number."""
+    if threshold is not None and threshold > 0:
+        top = 2.0 * threshold
+    else:
+        vals = [v for v in map_p999 if v is not None and np.isfinite(v) and v > 0]
+        top = max(vals) if vals else 1.0
+    return ColourScale(vmax=nice_ceil(top), threshold=threshold, label=map_label)
+
+
+@dataclass
+class Window:
+    """Grayscale window of one scan's intensities (0.5th–99.5th percentile)."""
 
     lo: float
     hi: float
-    map_max: float
-    threshold: float | None
-    map_label: str
 
     def gray(self, img: np.ndarray) -> np.ndarray:
         return np.clip((img.astype(np.float32) - self.lo) / max(self.hi - self.lo, 1e-6), 0.0, 1.0)
 
-    def composite(self, scan: np.ndarray | None, amap: np.ndarray) -> np.ndarray:
-        """RGB image: the scan in grayscale, the anomaly map blended on top. Opacity
-        ramps from 0 at half the threshold to OVERLAY_ALPHA at the threshold."""
-        from matplotlib import colormaps
 
-        base = self.gray(scan) if scan is not None else np.zeros(amap.shape, np.float32)
-        rgb = np.repeat(base[..., None], 3, axis=2)
-        a = np.nan_to_num(amap.astype(np.float32), nan=0.0)
-        ref = self.threshold if self.threshold and self.threshold > 0 else 0.5 * self.map_max
-        alpha = OVERLAY_ALPHA * np.clip((a - 0.5 * ref) / max(0.5 * ref, 1e-6), 0.0, 1.0)
-        colors = colormaps[MAP_CMAP](np.clip(a / max(self.map_max, 1e-6), 0.0, 1.0))[..., :3]
-        return (rgb * (1 - alpha[..., None]) + colors * alpha[..., None]).clip(0, 1)
+def make_window(scan: np.ndarray | None) -> Window:
+    if scan is None:
+        return Window(0.0, 1.0)
+    finite = scan[np.isfinite(scan)]
+    lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0))
+    return Window(float(lo), float(hi) if hi > lo else float(lo) + 1.0)
 
 
-def make_display(scan: np.ndarray | None, amap: np.ndarray, threshold: float | None, map_label: str) -> Display:
-    if scan is not None:
-        finite = scan[np.isfinite(scan)]
-        lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0))
-    else:
-        lo, hi = 0.0, 1.0
-    a = amap[np.isfinite(amap)]
-    top = float(np.percentile(a, 99.9)) if a.size else 1.0
-    map_max = max(top, 1.5 * threshold if threshold else 0.0, 1e-6)
-    return Display(lo=float(lo), hi=float(hi) if hi > lo else float(lo) + 1.0, map_max=map_max,
-                   threshold=threshold, map_label=map_label)
+def composite(scan: np.ndarray | None, amap: np.ndarray, window: Window, scale: ColourScale) -> np.ndarray:
+    """RGB image: the scan in grayscale, the anomaly map blended on top."""
+    base = window.gray(scan) if scan is not None else np.zeros(amap.shape, np.float32)
+    rgb = np.repeat(base[..., None], 3, axis=2)
+    a = np.nan_to_num(amap.astype(np.float32), nan=0.0)
+    alpha = scale.alpha(a)[..., None]
+    return (rgb * (1 - alpha) + scale.colours(a) * alpha).clip(0, 1)
 
 
 def peak_voxel(amap: np.ndarray) -> tuple[int, int, int]:
@@ -186,17 +237,22 @@ def _letters(ax, labels: dict[str, str], size: int = 11) -> None:
     ax.text(0.5, 0.02, labels["bottom"], ha="center", va="bottom", **style)
 
 
+def _contour(ax, mask2d: np.ndarray | None, color: str, lw: float = 1.0) -> None:
+    if mask2d is not None and mask2d.any() and min(mask2d.shape) > 1:
+        ax.contour(mask2d.astype(np.float32), levels=[0.5], colors=color, linewidths=lw)
+
+
 def _panel(ax, img_rgb_or_gray: np.ndarray, plane: Plane, title: str | None = None, mask2d: np.ndarray | None = None,
-           cross: tuple[float, float] | None = None, cmap: str | None = None, vmin=None, vmax=None,
-           letter_size: int = 11):
+           gt2d: np.ndarray | None = None, cross: tuple[float, float] | None = None, cmap: str | None = None,
+           vmin=None, vmax=None, letter_size: int = 11):
     im = ax.imshow(img_rgb_or_gray, cmap=cmap, vmin=vmin, vmax=vmax, aspect=plane.aspect,
                    interpolation="nearest")
-    if mask2d is not None and mask2d.any() and min(mask2d.shape) > 1:
-        ax.contour(mask2d.astype(np.float32), levels=[0.5], colors=CONTOUR_COLOR, linewidths=1.0)
+    _contour(ax, mask2d, CONTOUR_COLOR)
+    _contour(ax, gt2d, GT_COLOR, lw=1.3)
     if cross is not None:
         c, r = cross
-        ax.axvline(c, color="#7CFC00", lw=0.6, alpha=0.7)
-        ax.axhline(r, color="#7CFC00", lw=0.6, alpha=0.7)
+        ax.axvline(c, color=CROSS_COLOR, lw=0.6, alpha=0.7)
+        ax.axhline(r, color=CROSS_COLOR, lw=0.6, alpha=0.7)
     _letters(ax, plane.labels, letter_size)
     if title:
         ax.set_title(title, color="white", fontsize=10)
@@ -207,24 +263,61 @@ def _panel(ax, img_rgb_or_gray: np.ndarray, plane: Plane, title: str | None = No
     return im
 
 
-def _colorbar(fig, cax, disp: Display) -> None:
+def render_colourbar(path: Path, scale: ColourScale) -> None:
+    """The run's one colourbar: horizontal, extend arrow for clipped values, the voxel
+    threshold marked and labelled above the bar (clear of any orientation letter)."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    sm = ScalarMappable(norm=Normalize(0.0, disp.map_max), cmap=colormaps[MAP_CMAP])
-    cb = fig.colorbar(sm, cax=cax)
-    cb.set_label(disp.map_label, color="white", fontsize=9)
+    fig = _figure(6.0, 0.95)
+    cax = fig.add_axes([0.04, 0.42, 0.86, 0.2])
+    cmap = colormaps[MAP_CMAP].with_extremes(over=OVER_COLOR)
+    cb = fig.colorbar(ScalarMappable(norm=Normalize(0.0, scale.vmax), cmap=cmap), cax=cax,
+                      orientation="horizontal", extend="max")
+    cb.set_label(scale.label, color="white", fontsize=9, labelpad=2)
     cb.ax.tick_params(colors="white", labelsize=8)
-    if disp.threshold is not None and 0 < disp.threshold <= disp.map_max:
-        cb.ax.axhline(disp.threshold, color=CONTOUR_COLOR, lw=2)
-        cb.ax.text(-0.3, disp.threshold, "thr", color=CONTOUR_COLOR, fontsize=8, ha="right", va="center",
-                   transform=cb.ax.get_yaxis_transform())
+    cb.outline.set_edgecolor("#888888")
+    if scale.threshold is not None and 0 < scale.threshold <= scale.vmax:
+        cb.ax.axvline(scale.threshold, color=CONTOUR_COLOR, lw=2)
+        cb.ax.text(scale.threshold, 1.25, f"voxel threshold {scale.threshold:.3g}", color=CONTOUR_COLOR,
+                   fontsize=8, ha="center", va="bottom", transform=cb.ax.get_xaxis_transform())
+    _save(fig, path)
 
 
-def world_of(can: Canonical, ijk: Sequence[int]) -> tuple[float, float, float]:
+def world_of(can: Canonical, ijk: Sequence[float]) -> tuple[float, float, float]:
     x = can.affine @ np.array([*ijk, 1.0])
     return float(x[0]), float(x[1]), float(x[2])
+
+
+@dataclass
+class Prepared:
+    """One scan's volumes in canonical orientation, with everything every view shares."""
+
+    amap: Canonical
+    scan: np.ndarray | None
+    mask: np.ndarray | None
+    gt: np.ndarray | None
+    recon: np.ndarray | None
+    window: Window
+    peak: tuple[int, int, int]
+    planes: dict[str, Plane]
+
+    def ijk_of(self, world: Sequence[float]) -> tuple[int, int, int]:
+        v = np.linalg.solve(self.amap.affine, np.array([*world[:3], 1.0]))[:3]
+        return tuple(int(np.clip(round(float(x)), 0, n - 1)) for x, n in zip(v, self.amap.data.shape))  # type: ignore
+
+
+def prepare(amap: np.ndarray, affine: np.ndarray, scan: np.ndarray | None = None, mask: np.ndarray | None = None,
+            gt: np.ndarray | None = None, recon: np.ndarray | None = None) -> Prepared:
+    amap_c = canonical(np.asarray(amap, np.float32), affine)
+    can = lambda x, dt: canonical(np.asarray(x, dt), affine).data if x is not None else None  # noqa: E731
+    scan_c = can(scan, np.float32)
+    mask_c, gt_c = can(mask, np.uint8), can(gt, np.uint8)
+    return Prepared(amap=amap_c, scan=scan_c, mask=mask_c.astype(bool) if mask_c is not None else None,
+                    gt=gt_c.astype(bool) if gt_c is not None else None, recon=can(recon, np.float32),
+                    window=make_window(scan_c), peak=peak_voxel(amap_c.data),
+                    planes={v: plane_for(v, amap_c) for v in VIEWS})
 
 
 @dataclass
@@ -236,91 +329,141 @@ class ScanViews:
     labels: dict[str, dict[str, str]]  # view → edge letters
     axcodes: str
     oblique: bool
-    mosaic_slices: list[int]
+    mosaic_slices: list[tuple[int, str]]  # (axial index, why it was chosen)
+    prepared: Prepared | None = None
 
 
-def render_scan(out_dir: Path, amap: np.ndarray, affine: np.ndarray, scan: np.ndarray | None = None,
-                mask: np.ndarray | None = None, recon: np.ndarray | None = None, threshold: float | None = None,
-                map_label: str = "anomaly map", n_mosaic: int = 8) -> ScanViews:
-    """Write views.png (three planes through the peak), mosaic.png (axial slices) and
-    compare.png (original / reconstruction / residual) into ``out_dir``."""
-    amap_c = canonical(np.asarray(amap, np.float32), affine)
-    scan_c = canonical(np.asarray(scan, np.float32), affine).data if scan is not None else None
-    mask_c = canonical(np.asarray(mask, np.uint8), affine).data.astype(bool) if mask is not None else None
-    recon_c = canonical(np.asarray(recon, np.float32), affine).data if recon is not None else None
-    a = amap_c.data
-    disp = make_display(scan_c, a, threshold, map_label)
-    peak = peak_voxel(a)
+def mosaic_slices(prep: Prepared, cluster_worlds: Sequence[Sequence[float]], minimum: int = 4,
+                  limit: int = 8) -> list[tuple[int, str]]:
+    """Axial slices through the peak and through each cluster (largest first), topped up
+    with evenly spaced slices across the mapped region when there are few clusters."""
+    p = prep.planes["axial"]
+    chosen: dict[int, str] = {prep.peak[p.slice_axis]: "peak"}
+    for k, w in enumerate(cluster_worlds):
+        chosen.setdefault(prep.ijk_of(w)[p.slice_axis], f"cluster {k + 1}")
+        if len(chosen) >= limit:
+            break
+    if len(chosen) < minimum:
+        a = prep.amap.data
+        other = tuple(i for i in range(3) if i != p.slice_axis)
+        present = np.nan_to_num(a) > 0
+        if prep.scan is not None:
+            present = present | (prep.scan > prep.window.lo + 0.1 * (prep.window.hi - prep.window.lo))
+        along = np.nonzero(present.any(axis=other))[0]
+        lo, hi = (int(along.min()), int(along.max())) if along.size else (0, a.shape[p.slice_axis] - 1)
+        for x in np.linspace(lo, hi, minimum + 2)[1:-1]:
+            if len(chosen) >= minimum:
+                break
+            chosen.setdefault(int(round(x)), "")
+    return sorted(chosen.items())
+
+
+def render_scan(out_dir: Path, amap: np.ndarray, affine: np.ndarray, scale: ColourScale,
+                scan: np.ndarray | None = None, mask: np.ndarray | None = None, gt: np.ndarray | None = None,
+                recon: np.ndarray | None = None, cluster_worlds: Sequence[Sequence[float]] = ()) -> ScanViews:
+    """Write views.png (three planes through the peak), mosaic.png (axial slices through
+    the peak and each cluster), compare.png (original / reconstruction / residual / map)
+    and thumb.png (index thumbnail) into ``out_dir``; every colour on ``scale``."""
+    prep = prepare(amap, affine, scan=scan, mask=mask, gt=gt, recon=recon)
+    a, peak, planes = prep.amap.data, prep.peak, prep.planes
     files: dict[str, str] = {}
-    planes = {v: plane_for(v, amap_c) for v in VIEWS}
 
     def comp(plane: Plane, idx: int) -> np.ndarray:
-        return disp.composite(plane.extract(scan_c, idx) if scan_c is not None else None, plane.extract(a, idx))
+        return composite(plane.extract(prep.scan, idx) if prep.scan is not None else None, plane.extract(a, idx),
+                         prep.window, scale)
 
-    # three orthogonal views through the strongest anomaly
-    fig = _figure(11.0, 3.9)
-    gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 0.05], left=0.01, right=0.93, top=0.9, bottom=0.03,
-                          wspace=0.06)
+    def outlines(plane: Plane, idx: int) -> dict[str, np.ndarray | None]:
+        return {k: plane.extract(m, idx) if m is not None else None for k, m in (("mask2d", prep.mask),
+                                                                                  ("gt2d", prep.gt))}
+
+    fig = _figure(11.0, 3.7)
     for col, view in enumerate(VIEWS):
         p = planes[view]
         idx = peak[p.slice_axis]
-        ax = fig.add_subplot(gs[0, col])
-        _panel(ax, comp(p, idx), p, title=view, mask2d=p.extract(mask_c, idx) if mask_c is not None else None,
-               cross=p.point(peak, a.shape))
-    _colorbar(fig, fig.add_subplot(gs[0, 3]), disp)
+        ax = fig.add_axes([0.005 + col / 3, 0.01, 1 / 3 - 0.01, 0.9])
+        _panel(ax, comp(p, idx), p, title=view, cross=p.point(peak, a.shape), **outlines(p, idx))
     _save(fig, out_dir / "views.png")
     files["views"] = "views.png"
 
-    # mosaic of axial slices spanning the scan's foreground (or the mapped region)
     p = planes["axial"]
-    other = tuple(i for i in range(3) if i != p.slice_axis)
-    present = np.nan_to_num(a) > 0
-    if scan_c is not None:
-        present = present | (scan_c > disp.lo + 0.1 * (disp.hi - disp.lo))
-    along = np.nonzero(present.any(axis=other))[0]
-    lo, hi = (int(along.min()), int(along.max())) if along.size else (0, a.shape[p.slice_axis] - 1)
-    n = max(1, min(n_mosaic, hi - lo + 1))
-    slices = sorted({int(round(x)) for x in np.linspace(lo, hi, n + 2)[1:-1]} or {peak[p.slice_axis]})
+    slices = mosaic_slices(prep, cluster_worlds)
     cols = min(4, len(slices))
     rows = int(np.ceil(len(slices) / cols))
     fig = _figure(2.2 * cols, 2.3 * rows)
-    for i, idx in enumerate(slices):
+    for i, (idx, why) in enumerate(slices):
         ax = fig.add_subplot(rows, cols, i + 1)
         ijk = [0, 0, 0]
         ijk[p.slice_axis] = idx
-        z = world_of(amap_c, ijk)[2]
-        _panel(ax, comp(p, idx), p, title=f"z = {z:.0f} mm", letter_size=8,
-               mask2d=p.extract(mask_c, idx) if mask_c is not None else None)
+        z = world_of(prep.amap, ijk)[2]
+        _panel(ax, comp(p, idx), p, title=f"z = {z:.0f} mm{f' · {why}' if why else ''}", letter_size=8,
+               **outlines(p, idx))
     fig.subplots_adjust(left=0.01, right=0.99, top=0.92, bottom=0.01, wspace=0.04, hspace=0.15)
     _save(fig, out_dir / "mosaic.png")
     files["mosaic"] = "mosaic.png"
 
-    # original / reconstruction / residual, axial through the peak
-    idx = peak[p.slice_axis]
+    _render_compare(out_dir / "compare.png", prep, scale)
+    files["compare"] = "compare.png"
+    focus = prep.ijk_of(cluster_worlds[0]) if cluster_worlds else peak
+    render_thumbnail(out_dir / "thumb.png", comp(p, focus[p.slice_axis]),
+                     p.extract(prep.mask, focus[p.slice_axis]) if prep.mask is not None else None, p.aspect)
+    files["thumb"] = "thumb.png"
+    return ScanViews(files=files, peak_ijk=peak, peak_world=world_of(prep.amap, peak), peak_value=float(a[peak]),
+                     labels={v: planes[v].labels for v in VIEWS}, axcodes="".join(prep.amap.axcodes),
+                     oblique=prep.amap.oblique, mosaic_slices=slices, prepared=prep)
+
+
+def _render_compare(path: Path, prep: Prepared, scale: ColourScale) -> None:
+    """Original / reconstruction / residual / anomaly map, axial through the peak; the
+    threshold contour on every panel so the panels can be compared region by region."""
+    p = prep.planes["axial"]
+    idx = prep.peak[p.slice_axis]
     panels: list[tuple[str, np.ndarray, dict]] = []
-    gray = dict(cmap="gray", vmin=disp.lo, vmax=disp.hi)
-    if scan_c is not None:
-        panels.append(("original", p.extract(scan_c, idx), gray))
-    if recon_c is not None:
-        panels.append(("reconstruction", p.extract(recon_c, idx), gray))
-        if scan_c is not None:
-            res = np.abs(scan_c - recon_c)
-            inside = recon_c != 0
+    gray = dict(cmap="gray", vmin=prep.window.lo, vmax=prep.window.hi)
+    if prep.scan is not None:
+        panels.append(("original", p.extract(prep.scan, idx), gray))
+    if prep.recon is not None:
+        panels.append(("reconstruction (same window)", p.extract(prep.recon, idx), gray))
+        if prep.scan is not None:
+            res = np.abs(prep.scan - prep.recon)
+            inside = prep.recon != 0
             rmax = float(np.percentile(res[inside], 99.5)) if inside.any() else 1.0
-            panels.append(("residual |scan − recon|", p.extract(np.where(inside, res, 0), idx),
+            panels.append((f"|scan − recon| (0–{rmax:.3g})", p.extract(np.where(inside, res, 0), idx),
                            dict(cmap="magma", vmin=0, vmax=max(rmax, 1e-6))))
-    panels.append(("anomaly map", p.extract(a, idx), dict(cmap=MAP_CMAP, vmin=0, vmax=disp.map_max)))
+    from matplotlib import colormaps
+
+    panels.append(("anomaly map (run scale)", p.extract(prep.amap.data, idx),
+                   dict(cmap=colormaps[MAP_CMAP].with_extremes(over=OVER_COLOR), vmin=0, vmax=scale.vmax)))
     fig = _figure(2.8 * len(panels), 3.1)
+    m2 = p.extract(prep.mask, idx) if prep.mask is not None else None
     for i, (title, img, kw) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        _panel(ax, img, p, title=title, cross=p.point(peak, a.shape), letter_size=9, **kw)
+        _panel(ax, img, p, title=title, cross=p.point(prep.peak, prep.amap.data.shape), letter_size=9, mask2d=m2,
+               **kw)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.02, wspace=0.05)
-    _save(fig, out_dir / "compare.png")
-    files["compare"] = "compare.png"
+    _save(fig, path)
 
-    return ScanViews(files=files, peak_ijk=peak, peak_world=world_of(amap_c, peak), peak_value=float(a[peak]),
-                     labels={v: planes[v].labels for v in VIEWS}, axcodes="".join(amap_c.axcodes),
-                     oblique=amap_c.oblique, mosaic_slices=slices)
+
+def render_thumbnail(path: Path, rgb: np.ndarray, mask2d: np.ndarray | None, aspect: float, size: int = 96) -> None:
+    """A small axial composite for the index row, the mask outline in the contour colour."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imsave
+    from scipy import ndimage
+
+    img = rgb.copy()
+    if mask2d is not None and mask2d.any():
+        edge = mask2d & ~ndimage.binary_erosion(mask2d)
+        img[edge] = to_rgb(CONTOUR_COLOR)
+    h, w = img.shape[:2]
+    longest = max(h * aspect, w)
+    if longest > size:  # shrink by striding (nearest), keeping the aspect
+        step = longest / size
+        img = img[np.arange(0, h, step / aspect).astype(int)][:, np.arange(0, w, step).astype(int)]
+    else:
+        fx = max(1, int(size // longest))
+        fy = max(1, int(round(fx * aspect)))
+        img = np.repeat(np.repeat(img, fy, axis=0), fx, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imsave(path, img)
 
 
 def _light_figure(w: float, h: float):

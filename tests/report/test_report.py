@@ -12,7 +12,7 @@ from volume_factory import reorient
 from typer.testing import CliRunner
 
 from medidiff.report.build import build_report
-from medidiff.report.render import VIEWS, canonical, plane_for, render_scan
+from medidiff.report.render import VIEWS, ColourScale, canonical, plane_for, render_scan
 
 
 
@@ -70,10 +70,18 @@ def test_phi_hidden_by_default_and_shown_with_flag(scored_run, phi):
         for s in (phi["name"], phi["id"], *phi["name"].split("^"), *phi["folder"].split("_")):
             assert s not in page, f"{s!r} in {name}"
     assert "folder hidden" in pages[dicom[0]]
+    import pydicom
+
+    first = next((scored_run.parent / "in" / phi["folder"]).iterdir())
+    ds = pydicom.dcmread(first, stop_before_pixels=True)
+    uids = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+    for name, page in pages.items():
+        assert not any(u in page for u in uids), name
     report = build_report(scored_run, show_phi=True).parent
     pages = _pages(report)
     page = pages[dicom[0]]
     assert phi["name"] in page and phi["id"] in page and phi["folder"] in page
+    assert all(u in page for u in uids)
     assert "--show-phi" in pages["index.html"]
 
 
@@ -90,8 +98,9 @@ def test_lps_and_ras_render_identically(mni_small, tmp_path):
         a = stored[0][1]
         assert "".join(nib.aff2axcodes(a)) == kind
         t0 = time.perf_counter()
-        v = render_scan(tmp_path / kind, stored[1][0], a, scan=stored[0][0], mask=stored[2][0],
-                        recon=stored[3][0], threshold=4.0, map_label="anomaly")
+        v = render_scan(tmp_path / kind, stored[1][0], a, ColourScale(10.0, 4.0, "anomaly"), scan=stored[0][0],
+                        mask=stored[2][0], gt=stored[2][0], recon=stored[3][0],
+                        cluster_worlds=[(-30.0, 10.0, 40.0), (30.0, -40.0, -30.0)])
         outs[kind] = (v, time.perf_counter() - t0)
     (ras, t_ras), (lps, _) = outs["RAS"], outs["LPS"]
     assert ras.labels == lps.labels
@@ -99,6 +108,8 @@ def test_lps_and_ras_render_identically(mni_small, tmp_path):
     assert ras.labels["coronal"] == {"left": "R", "right": "L", "top": "S", "bottom": "I"}
     assert ras.labels["sagittal"] == {"left": "A", "right": "P", "top": "S", "bottom": "I"}
     np.testing.assert_allclose(ras.peak_world, lps.peak_world, atol=1e-4)
+    assert ras.mosaic_slices == lps.mosaic_slices and "peak" in dict(ras.mosaic_slices).values()
+    assert {"cluster 1", "cluster 2"} <= set(dict(ras.mosaic_slices).values())
     for name in ras.files.values():
         a = np.asarray(__import__("matplotlib.image", fromlist=["imread"]).imread(tmp_path / "RAS" / name))
         b = np.asarray(__import__("matplotlib.image", fromlist=["imread"]).imread(tmp_path / "LPS" / name))
@@ -129,21 +140,28 @@ def test_labels_add_curves_and_evaluation_outputs_are_shown(scored_run, tmp_path
     labels = tmp_path / "labels.csv"
     mr = next(p.name for p in (scored_run / "scans").iterdir() if p.name.startswith("MR"))
     labels.write_text(f"scan_id,label\nlesion_RAS,1\nlesion_LPS,0\n{mr},0\nbroken,1\n")
+    html = build_report(scored_run, labels=labels).read_text()
+    report = scored_run / "report"
+    # no evaluation/ folder: the report draws its own curves from the labels
+    assert 'src="assets/roc.png"' in html and (report / "assets" / "pr.png").is_file()
+    assert "AUROC" in html and ">anomalous<" in html and ">healthy<" in html
     ev = scored_run / "evaluation"
     ev.mkdir(exist_ok=True)
-    (ev / "metrics.json").write_text(json.dumps({"sample": {"auroc": 0.75}, "n_scans": 3, "note": "x"}))
-    (ev / "summary.md").write_text("# Evaluation\n\n| metric | value |\n|---|---|\n| AUROC | 0.75 |\n")
+    metrics = {"evaluated": "2024-05-01T10:00:00+00:00", "n_evaluated": 3,
+               "sample": {"auroc": 0.75, "auroc_ci95": [0.5, 1.0], "at_fpr": {"0.05": {"sensitivity": 0.5}}},
+               "voxel": {"available": False, "note": "no ground-truth masks"}, "definitions": "long text"}
+    (ev / "metrics.json").write_text(json.dumps(metrics))
+    (ev / "summary.md").write_text("# Evaluation\n\n![roc](roc_sample.png)\n| metric | value |\n|---|---|\n")
     import shutil
 
     shutil.copy(scored_run / "report" / "assets" / "scores.png", ev / "roc_sample.png")
     try:
         html = build_report(scored_run, labels=labels).read_text()
-        report = scored_run / "report"
-        assert (report / "assets" / "roc.png").is_file() and (report / "assets" / "pr.png").is_file()
-        assert "AUROC" in html and "average precision" in html
         assert "evaluation/roc_sample.png" in html and (report / "evaluation" / "roc_sample.png").is_file()
-        assert "n_scans" in html and "| AUROC | 0.75 |" in html
-        assert ">anomalous<" in html and ">healthy<" in html
+        assert 'src="assets/roc.png"' not in html  # one set of curves, not two
+        assert "0.750 [0.500, 1.000]" in html and "at fpr › 0.05 › sensitivity" in html
+        assert "2024-05-01 10:00 UTC" in html
+        assert "![roc]" not in html and "| metric |" not in html and "long text" not in html  # no raw dumps
     finally:
         shutil.rmtree(ev)
 
