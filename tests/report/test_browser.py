@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -180,23 +181,84 @@ def browser(tmp_path_factory):
     b.close()
 
 
-def test_report_pages_in_browser(scored_run, browser):
-    index = build_report(scored_run)
+def _wait_ready(browser) -> None:
+    deadline = time.monotonic() + 20
+    while browser.eval("document.getElementById('scroller').dataset.ready || ''") != "1":
+        assert time.monotonic() < deadline, browser.eval("document.getElementById('scroller-status').textContent")
+        time.sleep(0.05)
+
+
+def _key(browser, key: str, code: int, text: str = "") -> None:
+    for kind in ("keyDown", "keyUp"):
+        browser.call("Input.dispatchKeyEvent", session=True, type=kind, key=key, code=key,
+                     windowsVirtualKeyCode=code, nativeVirtualKeyCode=code, **({"text": text} if text and kind == "keyDown" else {}))
+
+
+def _centre(browser, selector: str) -> list[float]:
+    return browser.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView();"
+                        " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+
+
+AXIAL = "#scroller canvas[data-view=axial]"
+GT_PIXELS = """(() => { let n = 0; const s = document.querySelector('#scroller input[type=range]');
+  for (let k = 0; k <= +s.max; k += 1) { s.value = String(k); s.dispatchEvent(new Event('input'));
+    const c = document.querySelector('%s'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    for (let i = 0; i < d.length; i += 4) { if (d[i] === 255 && d[i + 1] === 61 && d[i + 2] === 245) { n += 1; } } }
+  return n; })()""" % AXIAL
+
+
+def _slice(browser) -> int:
+    return int(browser.eval(f"document.querySelector('{AXIAL}').dataset.slice"))
+
+
+def _gt_labels(scored_run: Path, tmp: Path) -> Path:
+    """A labels CSV giving a ground-truth mask for lesion_RAS only (on its own grid)."""
+    import nibabel as nib
+    import numpy as np
+
+    ref = nib.load(str(scored_run / "scans" / "lesion_RAS" / "anomaly_map.nii.gz"))
+    gt = np.zeros(ref.shape, np.uint8)
+    c = np.array(ref.shape) // 2 + np.array([3, 2, 2])
+    gt[c[0] - 2:c[0] + 2, c[1] - 2:c[1] + 2, c[2] - 2:c[2] + 2] = 1
+    nib.save(nib.Nifti1Image(gt, ref.affine), tmp / "gt_lesion_RAS.nii.gz")
+    labels = tmp / "labels.csv"
+    labels.write_text("scan_id,label,mask_path\nlesion_RAS,1,gt_lesion_RAS.nii.gz\nlesion_LPS,1,\n")
+    return labels
+
+
+def test_report_pages_in_browser(scored_run, browser, tmp_path):
+    index = build_report(scored_run, labels=_gt_labels(scored_run, tmp_path))
     report = index.parent
     pages = [index, *sorted((report / "scans").glob("*.html"))]
     assert len(pages) == 5
     for page in pages:
         events = browser.open(page.as_uri())
-        assert not _problems(events), (page.name, _problems(events))
+        if page.stem.startswith("lesion"):
+            _wait_ready(browser)
+        assert not _problems(browser.events), (page.name, _problems(browser.events))
         urls = _requests(events)
         assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
+        assert "http://" not in page.read_text() and "https://" not in page.read_text(), page.name
         images = browser.eval("Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, "
                               "i.naturalWidth])")
         for src, complete, width in images:
             assert complete and width > 0, (page.name, src)
-        if page.stem.startswith("lesion"):
-            assert len(images) == 4, images  # views, mosaic, compare, distribution
-    # the index: sorting by clicking the score header, and the filters
+        # every link resolves to a file that exists (outputs, prev/next, index)
+        hrefs = browser.eval("Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
+        for href in hrefs:
+            assert href.startswith("file://"), href
+            assert Path(unquote(urlparse(href).path)).is_file(), (page.name, href)
+        # nothing overflows sideways at 1024 px
+        browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1024, height=800,
+                     deviceScaleFactor=1, mobile=False)
+        assert browser.eval("document.documentElement.scrollWidth") <= 1024, page.name
+        browser.call("Emulation.clearDeviceMetricsOverride", session=True)
+    # the scan page links every output file of its scan
+    browser.open((report / "scans" / "lesion_RAS.html").as_uri())
+    linked = browser.eval("Array.from(document.querySelectorAll('#output-links a')).map(a => a.textContent)")
+    outputs = json.loads((scored_run / "scans" / "lesion_RAS" / "result.json").read_text())["outputs"]
+    assert set(linked) == {*outputs.values(), "result.json"}
+    # the index: keyboard sorting (Enter on the score header's button) and the filters
     browser.open(index.as_uri())
     order = lambda: browser.eval("Array.from(document.querySelectorAll('#scan-table tbody tr'))"  # noqa: E731
                                  ".map(r => r.dataset.id)")
@@ -204,15 +266,18 @@ def test_report_pages_in_browser(scored_run, browser):
                                    ".filter(r => r.offsetParent !== null).map(r => r.dataset.id)")
     before = order()
     assert before[-1] == "broken"
-    browser.screenshot(ARTIFACTS / "report_index.png")
-    browser.click("th[data-key=score]")
+    browser.screenshot(tmp_path / "report_index.png", width=1024)
+    browser.screenshot(ARTIFACTS / "report_index.png", width=1024)
+    browser.eval("document.querySelector('th[data-key=score] button').focus()")
+    _key(browser, "Enter", 13, "\r")
     after = order()
     assert after != before and sorted(after) == sorted(before)
+    assert browser.eval("document.querySelector('th[data-key=score]').getAttribute('aria-sort')") == "ascending"
     scores = browser.eval("Array.from(document.querySelectorAll('#scan-table tbody tr'))"
-                          ".map(r => r.cells[2].dataset.v).filter(v => v !== '').map(parseFloat)")
-    assert scores == sorted(scores)  # ascending after one click on a descending column
+                          ".map(r => r.cells[3].dataset.v).filter(v => v !== '').map(parseFloat)")
+    assert scores == sorted(scores)  # ascending after one press on a descending column
     assert after[-1] == "broken"  # missing scores stay last
-    browser.click("th[data-key=score]")
+    browser.click("th[data-key=score] button")
     assert order()[: len(scores)] == before[: len(scores)]
     browser.click("#only-failed")
     assert visible() == ["broken"]
@@ -222,7 +287,40 @@ def test_report_pages_in_browser(scored_run, browser):
     n_flagged = int(browser.eval("document.getElementById('n-flagged').textContent"))
     assert len(visible()) == n_flagged and set(visible()) <= set(flagged)
     browser.click("#only-flagged")
-    # one scan page
+
+    # scan pages: one colour scale, the scroller by keyboard and wheel, ground truth only where given
+    scales = []
+    for name in ("lesion_RAS", "lesion_LPS"):
+        browser.open((report / "scans" / f"{name}.html").as_uri())
+        _wait_ready(browser)
+        scales.append(browser.eval("(() => { const i = document.getElementById('colour-scale'); "
+                                   "const m = JSON.parse(document.getElementById('scroller-meta').textContent);"
+                                   " return [i.src, i.dataset.vmax, i.dataset.threshold, m.vmax, m.threshold, m.lut]; })()"))
+        gt_pixels = browser.eval(GT_PIXELS)
+        has_legend = browser.eval("!!document.getElementById('legend-gt')")
+        if name == "lesion_RAS":
+            assert gt_pixels > 0 and has_legend
+        else:
+            assert gt_pixels == 0 and not has_legend
+    assert scales[0] == scales[1]
+    assert float(scales[0][1]) == scales[0][3] > 0
+
     browser.open((report / "scans" / "lesion_LPS.html").as_uri())
-    browser.screenshot(ARTIFACTS / "report_scan.png")
+    _wait_ready(browser)
+    start = _slice(browser)
+    n = int(browser.eval(f"document.querySelector('{AXIAL}').nextElementSibling.max")) + 1
+    step = 1 if start < n - 1 else -1
+    browser.eval(f"document.querySelector('{AXIAL}').focus()")
+    _key(browser, "ArrowUp" if step > 0 else "ArrowDown", 38 if step > 0 else 40)
+    assert _slice(browser) == start + step
+    readout = browser.eval("document.getElementById('scroller-readout').textContent")
+    assert "RAS (" in readout and "anomaly" in readout
+    x, y = _centre(browser, AXIAL)
+    browser.call("Input.dispatchMouseEvent", session=True, type="mouseWheel", x=x, y=y, deltaX=0,
+                 deltaY=120 if step > 0 else -120)
+    assert _slice(browser) == start  # wheel down goes back one slice (the way ArrowDown does)
+    assert browser.eval(f"document.querySelector('{AXIAL}').nextElementSibling.value") == str(start)
+    assert not _problems(browser.events)
+    browser.screenshot(tmp_path / "report_scan.png", width=1024)
+    browser.screenshot(ARTIFACTS / "report_scan.png", width=1024)
     assert (ARTIFACTS / "report_index.png").stat().st_size > 10_000
