@@ -59,7 +59,7 @@ def scored_run(mni_small, tmp_path_factory):
     root = tmp_path_factory.mktemp("report_run")
     model = _input_dependent_model(root / "model")
     data, affine = mni_small
-    data = data * 1000.0  # the template is in [0, 1]: scale before storing as int16
+    # mni_small is already in scanner-like units (×1000): scaling again would overflow int16
     rng = np.random.default_rng(0)
     for i in range(2):
         noisy = (data + rng.normal(0, 20, data.shape)).astype(np.int16)
