@@ -30,7 +30,6 @@ Definitions (also written into metrics.json under ``definitions``):
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..io.atomic import write_text_atomic
+from ..jsonutil import now_utc as _now
 from ..io.naming import safe_join
 from . import metrics as M
 from .labels import LabelRow, read_labels
@@ -87,8 +87,6 @@ class _VoxelPool:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _clean(o):

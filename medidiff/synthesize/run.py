@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..io.atomic import write_text_atomic
+from ..jsonutil import json_default as _json_default
 from .sampler import SamplerConfig
 
 PREFIX = "synth"
@@ -140,18 +141,6 @@ def plan(opts: SynthOptions) -> list[tuple[int, int]]:
     return pairs
 
 
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (Path,)):
-        return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o).__name__)
 
 
 def _dump(obj) -> str:
