@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medidiff.synth import insert_anomaly
+from medidiff.lesions import insert_anomaly
 
 ROOT = Path(__file__).resolve().parents[2]
 

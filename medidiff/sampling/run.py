@@ -276,7 +276,7 @@ def _finish_sample(out: Path, image: np.ndarray, index: int, seed: int, settings
         rec["split"] = opts.split
         rec["label"] = 0
         if is_anomalous(index, opts.anomaly_fraction):
-            from ..synth.anomalies import KINDS, insert_anomalies, insert_random_anomalies
+            from ..lesions.anomalies import KINDS, insert_anomalies, insert_random_anomalies
 
             brain, how = _brain_mask(image)
             rng = np.random.default_rng([int(seed), 0xA11])  # anomaly stream: independent of the sampling noise
@@ -305,7 +305,7 @@ def _finish_sample(out: Path, image: np.ndarray, index: int, seed: int, settings
 # ----------------------------------------------------------------------------- entry point
 
 def _settings(loaded, scfg: SamplerConfig, opts: SynthOptions, precision: str) -> dict[str, Any]:
-    from ..synth.anomalies import KINDS
+    from ..lesions.anomalies import KINDS
 
     return {
         "model_hash": loaded.model_hash,
@@ -337,7 +337,7 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
     if not 0 <= float(opts.anomaly_fraction) <= 1:
         raise ValueError(f"anomaly fraction must be in [0, 1], got {opts.anomaly_fraction}")
     if opts.anomaly_kinds:
-        from ..synth.anomalies import KINDS
+        from ..lesions.anomalies import KINDS
 
         bad = [k for k in opts.anomaly_kinds if k not in KINDS]
         if bad:
