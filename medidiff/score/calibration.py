@@ -257,7 +257,7 @@ def sample_size_warnings(n: int, cfg: ScoreConfig) -> list[str]:
     if n < need:
         return [f"only {n} healthy scans for a {cfg.scan_fpr:g} scan false-positive rate: at least {need} are needed "
                 f"to place that threshold (with {n}, 1 flagged scan is already {1 / n:.2g}); the achieved rate is "
-                "the leave-one-out figure above, not the target"]
+                "the leave-one-out achieved_scan_fpr (calibration.json), not the target"]
     return []
 
 
