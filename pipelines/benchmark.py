@@ -8,8 +8,9 @@ folder with the same ``labels.csv`` layout), written to ``BENCHMARKS.md``.
    the scan-score type by val sample AUROC;
 3. score the **test** split once with the chosen settings (with reconstructions,
    for PSNR/SSIM);
-4. baselines fit on **train**, thresholds on **calib**, maps for **test** — no
-   test labels anywhere before evaluation;
+4. baselines fit on **train**; the same post-processor as medidiff (leave-one-out
+   calibration on **calib**, scan-score type chosen on **val** by sample AUROC),
+   maps for **test** — no test labels anywhere before evaluation;
 5. evaluate everything with the same code (``medidiff evaluate``) and write the
    tables, the machine, the exact command and a plain verdict.
 
@@ -225,8 +226,11 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     types = [s for s in a.score_types.split(",") if s]
     if any("score.score=" in o for o in base):
         types = []
+    from medidiff.score.config import load_score_config
+
+    grid_score = load_score_config(None, tuple(best["overrides"])).score  # what the val grid was scored with
     for st in types:
-        if st == "topk_mean":
+        if st == grid_score:
             score_rows.append({"score": st, "sample_auroc": best["sample_auroc"], "sample_ap": best["sample_ap"]})
             continue
         tag = f"val_t{best['t']:g}_k{best['k']}_{st}"
@@ -251,23 +255,31 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         calibrate_model(model, splits["calib"], overrides=tuple(final_ov), device=a.device, progress=False, log=log)
         log(f"calibration for the chosen settings stored in {model}")
 
-    # ---- 4: baselines (train/calib only), evaluated on test
+    # ---- 4: baselines: fit on train, the same post-processing and leave-one-out calibration on calib,
+    # the same score-type choice on val, then test once
     pcfg = load_preprocess_config(model)
+    baseline_choices: dict[str, dict[str, Any]] = {}
     for name in [b for b in a.baselines.split(",") if b]:
         t0 = time.perf_counter()
         kwargs = {"minutes": a.ae_minutes, "max_steps": a.ae_steps} if name == "autoencoder" else {}
         method = make_baseline(name, preprocess=pcfg, **kwargs)
-        bdir = out / "baselines" / name
-        summ = run_baseline(method, train=splits["train"], calib=splits["calib"], input=splits["test"], out=bdir,
-                            overwrite=True, log=log)
+        method.fit(splits["train"], log)
+        fit_seconds = time.perf_counter() - t0
+        chosen_type, val_types = choose_baseline_score(method, name, types, base, splits, out, labels, a, log)
+        baseline_choices[name] = {"score": chosen_type, "val": val_types}
+        bdir = out / "baselines" / name / "test"
+        ov = base + ([f"score.score={chosen_type}"] if chosen_type else [])
+        run_baseline(method, train=None, calib=splits["calib"], input=splits["test"], out=bdir, overrides=tuple(ov),
+                     overwrite=True, log=log)
         rep = evaluate_run(bdir, labels, opts=EvalOptions(n_boot=a.n_boot, plots=not a.no_plots), log=log)
-        methods[name] = {"report": rep, "run": str(bdir), "fit_seconds": summ["fit_seconds"]}
-        log(f"  {name}: voxel AP {_f(rep.get('voxel', {}).get('ap'))}, sample AUROC "
+        methods[name] = {"report": rep, "run": str(bdir), "fit_seconds": fit_seconds, "score": chosen_type}
+        log(f"  {name} ({chosen_type or 'default score'}): voxel AP {_f(rep.get('voxel', {}).get('ap'))}, sample AUROC "
             f"{_f(rep.get('sample', {}).get('auroc'))} ({time.perf_counter() - t0:.0f} s)")
 
     result = {"command": command, "machine": machine(), "quick": a.quick, "chosen": chosen, "final_overrides": final_ov,
-              "val_grid": val_rows, "val_score_types": score_rows,
+              "val_grid": val_rows, "val_score_types": score_rows, "baseline_choices": baseline_choices,
               "methods": {k: {"run": v["run"], "row": _row(v["report"]), "fit_seconds": v.get("fit_seconds"),
+                              "score": v.get("score", chosen.get("score")),
                               "reconstruction": v["report"].get("reconstruction", {}).get("psnr_db")}
                           for k, v in methods.items()},
               "seconds": round(time.perf_counter() - t_all, 1), "model": str(model), "data": str(data)}
@@ -280,6 +292,25 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     write_text_atomic(bench_md, md)
     log(f"written: {a.bench_md} and {out / 'benchmark.json'} ({result['seconds']:.0f} s)")
     return result
+
+
+def choose_baseline_score(method, name: str, types: list[str], base: list[str], splits: dict[str, Path], out: Path,
+                          labels: Path, a: argparse.Namespace, log: Callable[[str], None]):
+    """The scan-score type for a baseline, chosen on val by sample AUROC exactly as for medidiff."""
+    from medidiff.baselines import run_baseline
+    from medidiff.evaluate import EvalOptions, evaluate_run
+
+    if not types:
+        return None, []
+    rows = []
+    for st in types:
+        bdir = out / "baselines" / name / f"val_{st}"
+        run_baseline(method, train=None, calib=splits["calib"], input=splits["val"], out=bdir,
+                     overrides=tuple(base) + (f"score.score={st}",), overwrite=True, log=log)
+        rep = evaluate_run(bdir, labels, opts=EvalOptions(n_boot=a.n_boot, plots=False), log=log)
+        rows.append({"score": st, **_row(rep)})
+    best = max(rows, key=lambda r: -1 if r["sample_auroc"] is None else r["sample_auroc"])
+    return best["score"], rows
 
 
 def verdict(result: dict[str, Any]) -> list[str]:
@@ -318,14 +349,17 @@ def render(result: dict[str, Any], methods: dict[str, Any]) -> str:
         L += ["> **Quick smoke run** (`--quick`): tiny grid, few scans, short autoencoder training. "
               "These numbers are NOT a benchmark.", ""]
     L += ["## Results on test", "",
-          "| method | sample AUROC [95% CI] | sample AP | voxel AUROC | voxel AP | best Dice (oracle) | calibrated Dice | "
+          "Every method hands a raw model-grid map to the same post-processor: the same leave-one-out "
+          "calibration on calib, the same thresholds and score types (chosen on val by sample AUROC for each "
+          "method), the same source-grid resampling.", "",
+          "| method | score type | sample AUROC [95% CI] | sample AP | voxel AUROC | voxel AP | best Dice (oracle) | calibrated Dice | "
           "lesion detection (calibrated) | FP components / scan | seconds / scan |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in result["methods"].items():
         r = v["row"]
         ci = r.get("sample_auroc_ci")
         ci_s = f" [{_f(ci[0])}, {_f(ci[1])}]" if ci and ci[0] is not None else ""
-        L.append(f"| {name} | {_f(r['sample_auroc'])}{ci_s} | {_f(r['sample_ap'])} | {_f(r['voxel_auroc'])} | "
+        L.append(f"| {name} | {v.get('score') or '-'} | {_f(r['sample_auroc'])}{ci_s} | {_f(r['sample_ap'])} | {_f(r['voxel_auroc'])} | "
                  f"{_f(r['voxel_ap'])} | {_f(r['best_dice'])} | {_f(r['calibrated_dice'])} | "
                  f"{_f(r['lesion_detection'], 2)} | {_f(r['fp_components'], 1)} | {_f(r['seconds_per_scan'], 2)} |")
     notes = [f"{k}: {v['row']['n_missing']} missing / {v['row']['n_failed']} failed test scans"

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     import torch
 
     from medidiff.runtime import resolve_device, set_threads
-    from medidiff.synthesize.sampler import Sampler, SamplerConfig
+    from medidiff.sampling.sampler import Sampler, SamplerConfig
     from medidiff.train.checkpoint import load_model
 
     threads = set_threads()

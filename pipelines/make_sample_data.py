@@ -8,7 +8,7 @@ no download) pushed through a random "subject + scanner" model:
 2. resampled onto the scan's own grid (2 mm isotropic by default, cropped to
    the head); a few healthy scans use LPS, permuted or oblique grids, sampled
    from the same world-space anatomy so only the storage differs;
-3. anomalous scans: 1-3 lesions from :mod:`medidiff.synth` placed on the clean
+3. anomalous scans: 1-3 lesions from :mod:`medidiff.lesions` placed on the clean
    anatomy (white-matter map warped with it), before the imaging steps, so the
    lesions get the same bias field and noise as the tissue around them;
 4. multiplicative bias field (+-10-20 %), gamma contrast jitter, a random gain,
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medidiff.io.atomic import write_text_atomic  # noqa: E402
 from medidiff.io.dicom_write import write_dicom_series  # noqa: E402
 from medidiff.io.nifti import write_nifti  # noqa: E402
-from medidiff.synth import KINDS, insert_anomalies  # noqa: E402
+from medidiff.lesions import KINDS, insert_anomalies  # noqa: E402
 from medidiff.volume import Provenance, Volume  # noqa: E402
 
 TEMPLATE_FILES = {

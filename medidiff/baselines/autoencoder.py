@@ -9,7 +9,7 @@ conv blocks back. Input is zero-padded to a multiple of 8 and the output cropped
 Loss: mean squared error. Training budget: ``max_steps`` and/or ``minutes``.
 Map: |x - x̂| median-filtered (3 voxels) inside the eroded foreground — the same
 residual → map step as medidiff (:func:`medidiff.score.maps.raw_map`), without
-healthy-statistics normalisation — mapped back with ``mapping.to_source``.
+healthy-statistics normalisation by default; the shared post-processor maps it back.
 Weights: safetensors (``autoencoder.safetensors``) + ``params.json``.
 """
 
@@ -26,8 +26,8 @@ from ..io.atomic import atomic_path, write_text_atomic
 from ..preprocess import PreprocessConfig, preprocess
 from ..score.config import ScoreConfig
 from ..score.maps import raw_map, scoring_mask
+from ..score.postprocess import ModelGridMap
 from .common import BaselineError, BaselineMethod
-from .normative import to_source_map
 
 WEIGHTS_FILE = "autoencoder.safetensors"
 
@@ -141,15 +141,15 @@ class AutoencoderBaseline(BaselineMethod):
         with torch.no_grad():
             return self.net(torch.from_numpy(image[None, None].astype(np.float32)))[0, 0].numpy()
 
-    def map(self, volume) -> tuple[np.ndarray, np.ndarray]:
+    def model_map(self, volume) -> ModelGridMap:
         if self.net is None:
             raise BaselineError("autoencoder not trained")
         pre = preprocess(volume, self.pcfg)
         cfg = self._score_cfg()
         spacing = np.asarray(self.pcfg.spacing)
         region = scoring_mask(pre.foreground, cfg, spacing)
-        amap = raw_map(pre.image, self.reconstruct(pre.image), region, cfg, spacing)
-        return to_source_map(pre, amap, region)
+        recon = self.reconstruct(pre.image)
+        return ModelGridMap(pre=pre, raw=raw_map(pre.image, recon, region, cfg, spacing), region=region, recon=recon)
 
     def state_bytes(self) -> bytes:
         if self.net is None:

@@ -1,22 +1,25 @@
-"""Shared runner for baselines: calibrate on healthy scans, score a folder, and write
-exactly the layout of :func:`medidiff.score.batch.score_folder`::
+"""Shared runner for baselines: fit on healthy training scans, calibrate on healthy
+calibration scans, score a folder — with exactly medidiff's post-processing and
+output layout (:func:`medidiff.score.batch.score_folder`)::
 
-    OUT/run.json                      method, parameters, calibration thresholds
-    OUT/baseline/                     fitted state (statistics / weights) and params.json
+    OUT/run.json                      method, parameters, calibration summary
+    OUT/baseline/                     fitted state (statistics / weights), params.json, calibration.*
     OUT/scans/<scan_id>/anomaly_map.nii.gz, mask.nii.gz, result.json
     OUT/scores.csv, scores.jsonl, summary.json
 
-Calibration (no labels): the voxel threshold is the (1 - voxel_fpr) quantile of
-the healthy calibration scans' map values inside each method's scoring region;
-the scan score is the mean of the top ``topk_fraction`` of map values in the
-region (medidiff's default score type); the scan threshold is the (1 - scan_fpr)
-quantile of the healthy calibration scores. Maps are on each scan's own grid.
+A baseline supplies only a raw map and its scoring region on the model grid
+(:meth:`BaselineMethod.model_map`). Normalisation, the leave-one-out calibration
+of voxel and scan thresholds, the scan score (any of medidiff's score types),
+the source-grid resampling and the result files are the shared
+:class:`~medidiff.score.postprocess.PostProcessor`'s, so medidiff and every
+baseline are calibrated and scored by the same rules. Baselines default to no
+healthy-statistics normalisation (their maps already are deviations in their
+own units); ``score.normalization=voxelwise`` gives them medidiff's.
 """
 
 from __future__ import annotations
 
 import abc
-import datetime as _dt
 import hashlib
 import json
 import time
@@ -26,34 +29,21 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import __version__
-from ..io.atomic import write_text_atomic
-from ..io.naming import safe_join
-from ..io.nifti import write_nifti
 
 BASELINE_DIR = "baseline"
+BASELINE_SCORE_DEFAULTS = {"normalization": "none"}
 
 
 class BaselineError(Exception):
     pass
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def topk_score(values: np.ndarray, topk_fraction: float) -> float:
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        return 0.0
-    k = max(1, int(round(topk_fraction * values.size)))
-    return float(np.partition(values, values.size - k)[-k:].mean())
-
-
 class BaselineMethod(abc.ABC):
-    """Interface: ``fit`` on a healthy training folder (optional), ``map`` a Volume
-    → (anomaly map, scoring region), both on the volume's own grid."""
+    """Interface: ``fit`` on a healthy training folder (optional), ``model_map`` a Volume
+    → :class:`~medidiff.score.postprocess.ModelGridMap` (raw map + scoring region on the model grid)."""
 
     name = "baseline"
+    pcfg = None  # PreprocessConfig: the model grid the maps live on
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -69,8 +59,17 @@ class BaselineMethod(abc.ABC):
         return None
 
     @abc.abstractmethod
+    def model_map(self, volume):
+        """:class:`ModelGridMap` of ``volume``: raw map and scoring region on the model grid."""
+
     def map(self, volume) -> tuple[np.ndarray, np.ndarray]:
-        """(anomaly map, scoring region) on ``volume``'s own grid."""
+        """The raw map and its region on ``volume``'s own grid (for inspection; scoring uses
+        the post-processor, which decides on the model grid)."""
+        mg = self.model_map(volume)
+        mapping = mg.pre.mapping
+        amap = mapping.to_source(mg.raw, order=1, fill=0.0, antialias=True)
+        region = mapping.to_source(mg.region.astype(np.float32), order=0, fill=0.0, antialias=False) > 0.5
+        return np.where(region, amap, 0.0).astype(np.float32), region
 
     def model_hash(self) -> str:
         h = hashlib.sha256()
@@ -80,119 +79,85 @@ class BaselineMethod(abc.ABC):
         return h.hexdigest()
 
 
-def _scans(folder: str | Path, log: Callable[[str], None]):
-    from ..io.discover import discover
+def baseline_score_config(overrides=(), voxel_fpr: float | None = None, scan_fpr: float | None = None):
+    """medidiff's ScoreConfig with the baseline defaults, ``--set score.k=v`` overrides and FPR targets."""
+    from ..score.config import load_score_config
 
-    found = discover(folder)
+    extra = [f"score.voxel_fpr={voxel_fpr}"] if voxel_fpr is not None else []
+    extra += [f"score.scan_fpr={scan_fpr}"] if scan_fpr is not None else []
+    return load_score_config(None, tuple(overrides) + tuple(extra), base=dict(BASELINE_SCORE_DEFAULTS))
+
+
+def _post_settings(cfg) -> dict[str, Any]:
+    """The ScoreConfig fields the post-processor reads (the rest are diffusion settings)."""
+    keys = ("normalization", "score", "topk_fraction", "percentile", "voxel_fpr", "scan_fpr")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def calibrate(method: BaselineMethod, calib: str | Path, cfg, log: Callable[[str], None] = print):
+    """The shared leave-one-out calibration on ``method``'s healthy model-grid maps."""
+    from ..io.discover import discover
+    from ..score.calibration import CalibrationError, calibrate_maps, collect_maps
+    from ..score.postprocess import PostProcessor
+
+    found = discover(calib)
     for s in found.skipped:
         log(f"skipped: {s.path}: {s.reason}")
-    return found
-
-
-def calibrate(method: BaselineMethod, calib: str | Path, voxel_fpr: float, scan_fpr: float,
-              topk_fraction: float, log: Callable[[str], None] = print) -> dict[str, Any]:
-    found = _scans(calib, log)
-    pooled, scores, ids = [], [], []
-    for ref in found.scans:
-        try:
-            amap, region = method.map(ref.load())
-        except Exception as exc:
-            log(f"calibration: failed: {ref.source}: {exc}")
-            continue
-        vals = amap[region]
-        pooled.append(vals.astype(np.float32))
-        scores.append(topk_score(vals, topk_fraction))
-        ids.append(ref.scan_id)
-    if len(scores) < 2:
-        raise BaselineError(f"{calib}: calibration needs at least 2 readable healthy scans, got {len(scores)}")
-    voxels = np.concatenate(pooled)
-    vthr = float(np.quantile(voxels, 1.0 - voxel_fpr))
-    sthr = float(np.quantile(scores, 1.0 - scan_fpr))
-    return {"n_scans": len(scores), "scan_ids": ids, "voxel_threshold": vthr, "scan_threshold": sthr,
-            "voxel_fpr": voxel_fpr, "scan_fpr": scan_fpr, "achieved_voxel_fpr": float((voxels > vthr).mean()),
-            "achieved_scan_fpr": float(np.mean(np.asarray(scores) > sthr)), "healthy_scores": scores,
-            "note": "in-sample on the calibration scans (baselines fit nothing on them)"}
+    maps, ids = collect_maps(found.scans, method.model_map, log)
+    post = PostProcessor(cfg, method.pcfg.spacing)
+    try:
+        return calibrate_maps(maps, ids, post, model_hash=method.model_hash(), runtime={"method": method.name},
+                              method=f"baseline:{method.name}")
+    except CalibrationError as exc:
+        raise BaselineError(f"{calib}: {exc} (readable healthy scans)") from exc
 
 
 def run_baseline(method: BaselineMethod, *, calib: str | Path, input: str | Path, out: str | Path,
-                 train: str | Path | None = None, voxel_fpr: float = 0.001, scan_fpr: float = 0.05,
-                 topk_fraction: float = 0.005, overwrite: bool = False,
+                 train: str | Path | None = None, voxel_fpr: float | None = None, scan_fpr: float | None = None,
+                 overrides: tuple[str, ...] = (), overwrite: bool = False, progress: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit (if needed) → calibrate on ``calib`` → score every scan under ``input`` → OUT layout."""
-    from ..score.batch import RESULT_FILE, write_tables
+    from ..jsonutil import now_utc
+    from ..score.batch import ScanJob, discover_todo, finish_run, prepare_out, run_jobs, write_run_info
+    from ..score.postprocess import PostProcessor
 
     t_start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)
+    cfg = baseline_score_config(overrides, voxel_fpr, scan_fpr)
     t_fit = time.perf_counter()
     method.fit(train, log)
     fit_seconds = time.perf_counter() - t_fit
     method.save(out / BASELINE_DIR)
-    model_hash = method.model_hash()
-    cfg = {"method": method.name, "params": method.params(), "voxel_fpr": voxel_fpr, "scan_fpr": scan_fpr,
-           "topk_fraction": topk_fraction}
-    config_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    run_path = out / "run.json"
-    if run_path.is_file() and not overwrite:
-        try:
-            old = json.loads(run_path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("method") != f"baseline:{method.name}" or old.get("config_hash") != config_hash:
-            raise BaselineError(f"{out}: holds results of {old.get('method', '?')} / settings {old.get('config_hash')}; "
-                                "use another --out, or --overwrite")
-    if overwrite:
-        import shutil
+    settings = {"method": method.name, "params": method.params(), **_post_settings(cfg)}
+    config_hash = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cal = calibrate(method, calib, cfg, log)
+    cal.save(out / BASELINE_DIR)
+    for w in cal.warnings:
+        log(f"calibration warning: {w}")
+    from ..score.batch import calibration_for_run
 
-        shutil.rmtree(out / "scans", ignore_errors=True)
-    cal = calibrate(method, calib, voxel_fpr, scan_fpr, topk_fraction, log)
     run_info = {
         "method": f"baseline:{method.name}", "baseline": method.name, "params": method.params(),
-        "model_hash": model_hash, "config_hash": config_hash, "score_config": cfg, "calibrated": True,
-        "calibration": {k: v for k, v in cal.items() if k != "healthy_scores"},
-        "medidiff_version": __version__, "train": str(train) if train else None, "calib": str(calib),
-        "input": str(input), "fit_seconds": round(fit_seconds, 2), "started": _now(),
+        "model_hash": cal.model_hash, "config_hash": config_hash, "score_config": settings, "calibrated": True,
+        "calibration": calibration_for_run(cal), "medidiff_version": __version__,
+        "train": str(train) if train else None, "calib": str(calib), "input": str(input),
+        "fit_seconds": round(fit_seconds, 2), "started": now_utc(),
     }
-    write_text_atomic(run_path, json.dumps(run_info, indent=2))
-    healthy = np.asarray(cal["healthy_scores"])
-    found = _scans(input, log)
-    n_ok = n_failed = 0
-    failures = []
-    for ref in found.scans:
-        scan_dir = safe_join(out / "scans", ref.scan_id)
-        record: dict[str, Any] = {"scan_id": ref.scan_id, "source_path": ref.source, "format": ref.format,
-                                  "model_hash": model_hash, "config_hash": config_hash}
+    write_run_info(out, run_info, overwrite)
+    post = PostProcessor(cfg, method.pcfg.spacing, cal)
+    todo, summary = discover_todo(input, out, None, None, log)
+
+    def score_one(volume):
         t0 = time.perf_counter()
-        try:
-            vol = ref.load()
-            amap, region = method.map(vol)
-            amap = np.where(region, amap, 0.0).astype(np.float32)
-            score = topk_score(amap[region], topk_fraction)
-            mask = (amap > cal["voxel_threshold"]).astype(np.uint8)
-            scan_dir.mkdir(parents=True, exist_ok=True)
-            write_nifti(amap, scan_dir / "anomaly_map.nii.gz", like=vol, dtype=np.float32)
-            write_nifti(mask, scan_dir / "mask.nii.gz", like=vol, dtype=np.uint8)
-            record.update(status="ok", error="", score=score, percentile=float(100.0 * (healthy <= score).mean()),
-                          flag=bool(score > cal["scan_threshold"]), n_evals=0,
-                          seconds=round(time.perf_counter() - t0, 3),
-                          outputs={"anomaly_map": "anomaly_map.nii.gz", "mask": "mask.nii.gz"},
-                          shape=list(vol.shape), affine=vol.affine.tolist(), warnings=list(vol.provenance.warnings),
-                          finished=_now())
-            n_ok += 1
-        except Exception as exc:  # one bad scan never stops the run
-            reason = f"{ref.source}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            record.update(status="failed", error=reason, score=None, percentile=None, flag=None, n_evals=0,
-                          seconds=round(time.perf_counter() - t0, 3), outputs={}, finished=_now())
-            n_failed += 1
-            failures.append({"scan_id": ref.scan_id, "error": reason})
-            log(f"failed: {reason}")
-        scan_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(scan_dir / RESULT_FILE, json.dumps(record, indent=2))
-    write_tables(out)
-    summary = {"out_dir": str(out), "method": f"baseline:{method.name}", "n_found": len(found.scans),
-               "n_scored": n_ok, "n_failed": n_failed, "failures": failures,
-               "skipped_files": [s.to_dict() for s in found.skipped], "fit_seconds": round(fit_seconds, 2),
-               "seconds": round(time.perf_counter() - t_start, 2), "model_hash": model_hash,
-               "config_hash": config_hash, "calibrated": True, "finished": _now()}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    return summary
+        return post.finish(volume, method.model_map(volume), t0)
+
+    job = ScanJob(out=out, run_info=run_info, score_one=score_one, modality=method.pcfg.modality,
+                  overwrite=True, dicom_outputs=False, log=log)
+    run_jobs(job, todo, summary, progress, label=method.name)
+    summary.seconds = round(time.perf_counter() - t_start, 2)
+    finish_run(out, summary, run_info, method=f"baseline:{method.name}", fit_seconds=round(fit_seconds, 2))
+    d = dict(summary.__dict__)
+    d.update(method=f"baseline:{method.name}", fit_seconds=round(fit_seconds, 2), model_hash=cal.model_hash,
+             config_hash=config_hash, calibration=cal)
+    return d

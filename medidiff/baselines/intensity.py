@@ -1,11 +1,12 @@
 """Intensity thresholding baseline (Meissen et al. 2021): how far each voxel's
 intensity deviates from the scan's own brain, in robust units.
 
-z = (x - median_fg) / (1.4826 * MAD_fg) inside the scan's foreground (Otsu,
-largest component, holes filled — the same foreground as preprocessing);
+On the model grid (the same :func:`~medidiff.preprocess.preprocess` as medidiff):
+z = (x - median_fg) / (1.4826 * MAD_fg) inside the scan's foreground;
 map = max(z, 0) (``hyper``), max(-z, 0) (``hypo``) or |z| (``abs``), median
 filtered (3 voxels) and restricted to the foreground eroded by ``erode_mm``
-(the same erosion medidiff's scoring mask uses). Nothing is learned.
+(the same scoring mask medidiff uses). Nothing is learned. Thresholds, score and
+source-grid maps come from the shared post-processor.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..preprocess import PreprocessConfig, source_foreground
+from ..preprocess import PreprocessConfig, preprocess
 from ..score.config import ScoreConfig
 from ..score.maps import scoring_mask
+from ..score.postprocess import ModelGridMap
 from .common import BaselineMethod
 
 VARIANTS = ("hyper", "hypo", "abs")
@@ -36,7 +38,7 @@ class IntensityBaseline(BaselineMethod):
 
     def params(self) -> dict[str, Any]:
         return {"variant": self.variant, "median_size": self.median_size, "erode_mm": self.erode_mm,
-                "foreground": self.pcfg.foreground}
+                "preprocess": self.pcfg.to_dict()}
 
     def deviation(self, array: np.ndarray, fg: np.ndarray) -> np.ndarray:
         vals = array[fg] if fg.any() else array.ravel()
@@ -51,11 +53,10 @@ class IntensityBaseline(BaselineMethod):
             return np.maximum(-z, 0.0)
         return np.abs(z)
 
-    def map(self, volume) -> tuple[np.ndarray, np.ndarray]:
-        arr = np.asarray(volume.array, dtype=np.float32)
-        fg = source_foreground(arr, self.pcfg)
-        region = scoring_mask(fg, ScoreConfig(erode_mm=self.erode_mm), np.asarray(volume.spacing))
-        d = self.deviation(arr, fg)
+    def model_map(self, volume) -> ModelGridMap:
+        pre = preprocess(volume, self.pcfg)
+        region = scoring_mask(pre.foreground, ScoreConfig(erode_mm=self.erode_mm), np.asarray(self.pcfg.spacing))
+        d = self.deviation(pre.image, pre.foreground)
         if self.median_size > 1:
             d = ndimage.median_filter(d, size=self.median_size, mode="nearest")
-        return np.where(region, d, 0.0).astype(np.float32), region
+        return ModelGridMap(pre=pre, raw=np.where(region, d, 0.0).astype(np.float32), region=region)

@@ -4,7 +4,7 @@ as the diffusion model, so the same grid and intensity normalisation).
 
 map = |x - mean| / std on the model grid, inside the scan's eroded foreground
 where at least half of the training scans had foreground, mapped back to the
-source grid with ``mapping.to_source``. The per-voxel std is floored at half its
+source grid by the shared post-processor. The per-voxel std is floored at half its
 median over the brain so a voxel with near-constant training values cannot
 explode. Training scans are aligned only by the foreground bounding-box centre
 (no registration), so anatomy varies between scans — which is what this baseline measures.
@@ -22,15 +22,10 @@ from ..io.atomic import atomic_path, write_text_atomic
 from ..preprocess import PreprocessConfig, Preprocessed, preprocess
 from ..score.config import ScoreConfig
 from ..score.maps import scoring_mask
+from ..score.postprocess import ModelGridMap
 from .common import BaselineError, BaselineMethod
 
 STATS_FILE = "normative.safetensors"
-
-
-def to_source_map(pre: Preprocessed, model_map: np.ndarray, model_region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    amap = pre.mapping.to_source(model_map.astype(np.float32), order=1, fill=0.0, antialias=True)
-    region = pre.mapping.to_source(model_region.astype(np.float32), order=1, fill=0.0, antialias=False) > 0.5
-    return np.where(region, amap, 0.0).astype(np.float32), region
 
 
 class NormativeBaseline(BaselineMethod):
@@ -102,10 +97,10 @@ class NormativeBaseline(BaselineMethod):
             z = np.abs(z)
         return np.where(region, z, 0.0).astype(np.float32), region
 
-    def map(self, volume) -> tuple[np.ndarray, np.ndarray]:
+    def model_map(self, volume) -> ModelGridMap:
         pre = preprocess(volume, self.pcfg)
         z, region = self.zmap(pre)
-        return to_source_map(pre, z, region)
+        return ModelGridMap(pre=pre, raw=z, region=region)
 
     def state_bytes(self) -> bytes:
         return b"" if self.mean is None else self.mean.tobytes() + self.std.tobytes()

@@ -69,14 +69,18 @@ def baseline(
     minutes: float = typer.Option(10.0, "--minutes", help="autoencoder: training time budget."),
     max_steps: int = typer.Option(2000, "--max-steps", help="autoencoder: training steps at most."),
     reuse: bool = typer.Option(False, "--reuse", help="Reuse a fitted state from OUT/baseline instead of fitting."),
-    voxel_fpr: float = typer.Option(0.001, "--voxel-fpr", help="Voxel false-positive rate on the calibration scans."),
-    scan_fpr: float = typer.Option(0.05, "--scan-fpr", help="Scan false-positive rate on the calibration scans."),
+    voxel_fpr: Optional[float] = typer.Option(None, "--voxel-fpr", help="Target voxel false-positive rate "
+                                              "(default 0.001, as medidiff)."),
+    scan_fpr: Optional[float] = typer.Option(None, "--scan-fpr", help="Target scan false-positive rate (default 0.05)."),
     seed: int = typer.Option(0, "--seed"),
+    set_: List[str] = typer.Option([], "--set", help="Post-processing setting, e.g. score.score=topk_mean or "
+                                   "score.normalization=voxelwise (repeatable; same options as medidiff score)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results of other settings in OUT."),
 ) -> None:
     """Run a simple baseline (fit on --train, thresholds on --calib, maps for --input) and write the
     same outputs as `medidiff score`, so `medidiff evaluate` works unchanged."""
     from ..baselines import BASELINE_DIR, BaselineError, load_preprocess_config, make_baseline, run_baseline
+    from ..score.batch import OutputConflict, OutputError
 
     try:
         pcfg = load_preprocess_config(preprocess)
@@ -86,9 +90,9 @@ def baseline(
         if name in ("normative", "autoencoder", "ae") and train is None and not reuse:
             raise BaselineError(f"baseline {name} needs --train (or --reuse of OUT/{BASELINE_DIR})")
         summary = run_baseline(method, calib=calib, input=input, out=out, train=None if reuse else train,
-                               voxel_fpr=voxel_fpr, scan_fpr=scan_fpr, overwrite=overwrite,
+                               voxel_fpr=voxel_fpr, scan_fpr=scan_fpr, overrides=tuple(set_), overwrite=overwrite,
                                log=lambda m: typer.echo(m, err=True))
-    except (BaselineError, ValueError, FileNotFoundError) as exc:
+    except (BaselineError, OutputConflict, OutputError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
     typer.echo(f"{summary['method']}: {summary['n_scored']} scored, {summary['n_failed']} failed — results in {out}")

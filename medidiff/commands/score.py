@@ -28,11 +28,12 @@ def score(
     """Score every scan under INPUT: anomaly maps and masks in each scan's own grid,
     a scores table (CSV + JSONL) and a run summary."""
     from ..score.batch import OutputConflict, OutputError, score_folder
+    from ..score.calibration import CalibrationError
 
     if not input.exists():
         typer.echo(f"error: {input}: input path does not exist; check --input", err=True)
         raise typer.Exit(2)
-    with user_errors(OutputConflict, OutputError, ValueError):
+    with user_errors(OutputConflict, OutputError, CalibrationError, ValueError):
         summary = score_folder(model, input, out, overrides=tuple(set_), config_path=config, shard=shard,
                                limit=limit, overwrite=overwrite, write_reconstruction=reconstruction,
                                dicom_outputs=dicom_outputs, device=device, progress=progress,
@@ -61,10 +62,10 @@ def calibrate(
 ) -> None:
     """Score held-out healthy scans and store normalization statistics, voxel and scan
     thresholds at the target false-positive rates, and the healthy score distribution."""
-    from ..score.calibration import calibrate_model
+    from ..score.calibration import CalibrationError, calibrate_model
 
-    cal = calibrate_model(model, healthy, overrides=tuple(set_), config_path=config, device=device, limit=limit,
-                          progress=progress, log=lambda m: typer.echo(m, err=True))
-    typer.echo(f"calibrated on {cal.n_scans} healthy scans: voxel threshold {cal.voxel_threshold:.4g} "
-               f"(target FPR {cal.voxel_fpr:g}, leave-one-out {cal.achieved_voxel_fpr:.4g}), scan threshold "
-               f"{cal.scan_threshold:.4g} (target FPR {cal.scan_fpr:g}, leave-one-out {cal.achieved_scan_fpr:.3g})")
+    with user_errors(CalibrationError, ValueError):
+        cal = calibrate_model(model, healthy, overrides=tuple(set_), config_path=config, device=device, limit=limit,
+                              progress=progress, log=lambda m: typer.echo(m, err=True))
+    for line in cal.summary_lines():
+        typer.echo(line)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+# np.trapezoid is NumPy >= 2.0; NumPy 1.x (allowed by pyproject) calls it trapz.
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
 from scipy import ndimage
 
 
@@ -66,7 +69,7 @@ def auroc(y, s, w=None) -> float:
     if not _need_both(y):
         return float("nan")
     fpr, tpr, _ = roc_curve(y, s, w)
-    return float(np.trapezoid(tpr, fpr))
+    return float(_trapezoid(tpr, fpr))
 
 
 def pr_curve(y, s, w=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

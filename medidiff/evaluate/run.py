@@ -30,7 +30,6 @@ Definitions (also written into metrics.json under ``definitions``):
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..io.atomic import write_text_atomic
+from ..jsonutil import now_utc as _now
 from ..io.naming import safe_join
 from . import metrics as M
 from .labels import LabelRow, read_labels
@@ -87,8 +87,6 @@ class _VoxelPool:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _clean(o):
@@ -352,198 +350,226 @@ def evaluate_run(run_dir: str | Path, labels: str | Path, masks_dir: str | Path 
     return report
 
 
-def _voxel_level(scans: list[_Scan], opts: EvalOptions, log) -> tuple[dict[str, Any], dict[str, Any]]:
-    from scipy import ndimage
+@dataclass
+class _CalibratedMasks:
+    """Pooled results of the run's own mask.nii.gz (the calibrated decision)."""
 
+    available: bool = True
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    lesions: list[dict] = field(default_factory=list)
+    fp_components: list[tuple[int, int]] = field(default_factory=list)  # (label, n_fp_components)
+
+    def dice(self) -> float:
+        denom = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denom if denom else 1.0
+
+
+def _scans_with_ground_truth(scans: list[_Scan]):
     with_gt = [sc for sc in scans if sc.row.mask_path is not None or sc.row.label == 0]
     no_mask = [sc.row.scan_id for sc in scans if sc.row.mask_path is None and sc.row.label == 1]
-    if not any(sc.row.label == 1 and sc.row.mask_path is not None for sc in with_gt):
-        return {"available": False, "note": "no ground-truth masks for anomalous scans",
-                "anomalous_without_mask": no_mask}, {}
     for sc in with_gt:
         if sc.row.mask_path is not None and not sc.row.mask_path.is_file():
             raise EvaluationError(f"{sc.row.scan_id}: mask file {sc.row.mask_path} not found")
+    return with_gt, no_mask
 
-    size_names = size_bin_names(opts.size_bins)
-    type_names: list[str] = []
-    pool = _VoxelPool()
-    per_scan: list[dict[str, Any]] = []
-    lesions_cal: list[dict] = []
-    fp_cal: list[tuple[int, int]] = []  # (label, n_fp_components)
-    has_cal_masks = True
-    stride_healthy = 1
-    cache: list[dict[str, Any]] = []
-    cal_tp = cal_fp = cal_fn = 0
-    for i, sc in enumerate(with_gt):
-        map_path = sc.scan_dir / sc.result.get("outputs", {}).get("anomaly_map", "anomaly_map.nii.gz")
-        if not map_path.is_file():
-            raise EvaluationError(f"{sc.row.scan_id}: anomaly map {map_path} missing from the run")
-        amap, aff = _load_nifti(map_path)
-        amap = amap.astype(np.float32)
-        if sc.row.mask_path is not None:
-            gt_raw, gaff = _load_nifti(sc.row.mask_path)
-            check_same_grid(gt_raw.shape, gaff, sc.row.mask_path, amap.shape, aff, map_path)
-            gt = gt_raw > 0
-        else:
-            gt = np.zeros(amap.shape, bool)
-        if opts.foreground == "all":
-            fg = np.ones(amap.shape, bool)
-        else:
-            src = _load_source(sc.row, sc.result)
-            if src is None:
-                raise EvaluationError(f"{sc.row.scan_id}: source scan not found ({sc.row.path or sc.result.get('source_path')}); "
-                                      "it defines the evaluation foreground (or use --foreground all)")
-            sarr, saff, spath = src
-            check_same_grid(sarr.shape, saff, spath, amap.shape, aff, map_path)
-            fg = (sarr != 0) | gt
-        vox_mm3 = float(abs(np.linalg.det(aff[:3, :3])))
-        gt_labels, n_comp = ndimage.label(gt, structure=M.STRUCTURE_26)
-        comp_sizes = np.bincount(gt_labels.ravel(), minlength=n_comp + 1) * vox_mm3
-        comp_size_code = np.array([-1] + [size_bin(v, opts.size_bins) for v in comp_sizes[1:]], dtype=np.int16)
-        comp_type_code = _component_types(gt_labels, n_comp, sc.row, type_names)
-        if i == 0 and opts.max_voxels:
-            est_total = int(fg.sum()) * len(with_gt)
-            n_healthy = sum(1 for x in with_gt if x.row.label == 0)
-            if est_total > opts.max_voxels and n_healthy:
-                excess = est_total - opts.max_voxels
-                healthy_total = int(fg.sum()) * n_healthy
-                stride_healthy = int(math.ceil(healthy_total / max(healthy_total - excess, 1)))
-                log(f"voxel level: ~{est_total:,} foreground voxels over the cap {opts.max_voxels:,}: healthy-only "
-                    f"scans subsampled every {stride_healthy}th voxel (weighted)")
-        vals = amap[fg]
-        lab = gt[fg]
-        w = np.ones(vals.size, np.float32)
-        if sc.row.label == 0 and not gt.any() and stride_healthy > 1:
-            vals, lab = vals[::stride_healthy], lab[::stride_healthy]
-            w = np.full(vals.size, float(stride_healthy), np.float32)
-        comp_fg = gt_labels[fg] if not (sc.row.label == 0 and stride_healthy > 1 and not gt.any()) else None
-        if comp_fg is not None:
-            size_c = np.where(comp_fg > 0, comp_size_code[comp_fg], -1).astype(np.int8)
-            type_c = np.where(comp_fg > 0, comp_type_code[comp_fg], -1).astype(np.int8)
-        else:
-            size_c = np.full(vals.size, -1, np.int8)
-            type_c = np.full(vals.size, -1, np.int8)
-        pool.scores.append(vals.astype(np.float32))
-        pool.labels.append(lab)
-        pool.weights.append(w)
-        pool.size_code.append(size_c)
-        pool.type_code.append(type_c)
 
-        rec: dict[str, Any] = {"scan_id": sc.row.scan_id, "label": sc.row.label, "types": sc.row.types,
-                               "gt_voxels": int(gt.sum()), "gt_volume_mm3": float(gt.sum() * vox_mm3),
-                               "n_lesions": int(n_comp), "voxel_ap": M.average_precision(lab, vals) if lab.any() else None}
-        mask_rel = sc.result.get("outputs", {}).get("mask")
-        mpath = sc.scan_dir / mask_rel if mask_rel else None
-        if mpath is not None and mpath.is_file():
-            pm_raw, paff = _load_nifti(mpath)
-            check_same_grid(pm_raw.shape, paff, mpath, amap.shape, aff, map_path)
-            pm = pm_raw > 0
-            tp = int((pm & gt).sum())
-            fp = int((pm & ~gt).sum())
-            fn = int((~pm & gt).sum())
-            cal_tp, cal_fp, cal_fn = cal_tp + tp, cal_fp + fp, cal_fn + fn
-            rec["dice_calibrated"] = M.dice(pm, gt) if gt.any() else None
-            rec["fp_voxels_calibrated"] = fp
-            det = M.lesion_detection(pm, gt, vox_mm3, gt_labels=gt_labels)
-            for les in det.lesions:
-                les.update(scan_id=sc.row.scan_id, size_bin=size_names[comp_size_code[les["label"]]],
-                           type=type_names[comp_type_code[les["label"]]] if comp_type_code[les["label"]] >= 0 else None)
-            lesions_cal.extend(det.lesions)
-            fp_cal.append((sc.row.label, det.n_fp_components))
-            rec["lesions_detected_calibrated"] = det.n_detected
-            rec["fp_components_calibrated"] = det.n_fp_components
-        else:
-            has_cal_masks = False
-        per_scan.append(rec)
-        cache.append({"sc": sc, "map_path": map_path, "fg_count": int(fg.sum()), "vox_mm3": vox_mm3})
+def _map_gt_foreground(sc: _Scan, opts: EvalOptions):
+    """(anomaly map, affine, map path, ground truth, evaluation foreground) on the scan's grid."""
+    map_path = sc.scan_dir / sc.result.get("outputs", {}).get("anomaly_map", "anomaly_map.nii.gz")
+    if not map_path.is_file():
+        raise EvaluationError(f"{sc.row.scan_id}: anomaly map {map_path} missing from the run")
+    amap, aff = _load_nifti(map_path)
+    amap = amap.astype(np.float32)
+    gt = np.zeros(amap.shape, bool)
+    if sc.row.mask_path is not None:
+        gt_raw, gaff = _load_nifti(sc.row.mask_path)
+        check_same_grid(gt_raw.shape, gaff, sc.row.mask_path, amap.shape, aff, map_path)
+        gt = gt_raw > 0
+    if opts.foreground == "all":
+        return amap, aff, map_path, gt, np.ones(amap.shape, bool)
+    src = _load_source(sc.row, sc.result)
+    if src is None:
+        raise EvaluationError(f"{sc.row.scan_id}: source scan not found ({sc.row.path or sc.result.get('source_path')}); "
+                              "it defines the evaluation foreground (or use --foreground all)")
+    sarr, saff, spath = src
+    check_same_grid(sarr.shape, saff, spath, amap.shape, aff, map_path)
+    return amap, aff, map_path, gt, (sarr != 0) | gt
 
-    scores = np.concatenate(pool.scores)
-    labels = np.concatenate(pool.labels)
-    weights = np.concatenate(pool.weights)
-    size_code = np.concatenate(pool.size_code)
-    type_code = np.concatenate(pool.type_code)
-    del pool
-    weighted = bool(stride_healthy > 1)
-    wts = weights if weighted else None
+
+def _healthy_stride(n_fg: int, with_gt: list[_Scan], opts: EvalOptions, log) -> int:
+    """Subsampling step for healthy-only scans that keeps the pooled voxels under ``opts.max_voxels``."""
+    est_total = n_fg * len(with_gt)
+    n_healthy = sum(1 for x in with_gt if x.row.label == 0)
+    if not opts.max_voxels or est_total <= opts.max_voxels or not n_healthy:
+        return 1
+    healthy_total = n_fg * n_healthy
+    stride = int(math.ceil(healthy_total / max(healthy_total - (est_total - opts.max_voxels), 1)))
+    log(f"voxel level: ~{est_total:,} foreground voxels over the cap {opts.max_voxels:,}: healthy-only "
+        f"scans subsampled every {stride}th voxel (weighted)")
+    return stride
+
+
+def _pool_voxels(pool: _VoxelPool, amap, gt, fg, gt_labels, size_code, type_code, subsample: int) -> tuple:
+    vals, lab = amap[fg], gt[fg]
+    w = np.ones(vals.size, np.float32)
+    if subsample > 1:
+        vals, lab = vals[::subsample], lab[::subsample]
+        w = np.full(vals.size, float(subsample), np.float32)
+        size_c = type_c = np.full(vals.size, -1, np.int8)
+    else:
+        comp_fg = gt_labels[fg]
+        size_c = np.where(comp_fg > 0, size_code[comp_fg], -1).astype(np.int8)
+        type_c = np.where(comp_fg > 0, type_code[comp_fg], -1).astype(np.int8)
+    pool.scores.append(vals.astype(np.float32))
+    pool.labels.append(lab)
+    pool.weights.append(w)
+    pool.size_code.append(size_c)
+    pool.type_code.append(type_c)
+    return vals, lab
+
+
+def _score_calibrated_mask(sc: _Scan, rec: dict[str, Any], acc: _CalibratedMasks, amap, aff, map_path, gt,
+                           gt_labels, vox_mm3, size_code, type_code, size_names, type_names) -> None:
+    mask_rel = sc.result.get("outputs", {}).get("mask")
+    mpath = sc.scan_dir / mask_rel if mask_rel else None
+    if mpath is None or not mpath.is_file():
+        acc.available = False
+        return
+    pm_raw, paff = _load_nifti(mpath)
+    check_same_grid(pm_raw.shape, paff, mpath, amap.shape, aff, map_path)
+    pm = pm_raw > 0
+    fp = int((pm & ~gt).sum())
+    acc.tp, acc.fp, acc.fn = acc.tp + int((pm & gt).sum()), acc.fp + fp, acc.fn + int((~pm & gt).sum())
+    rec["dice_calibrated"] = M.dice(pm, gt) if gt.any() else None
+    rec["fp_voxels_calibrated"] = fp
+    det = M.lesion_detection(pm, gt, vox_mm3, gt_labels=gt_labels)
+    for les in det.lesions:
+        les.update(scan_id=sc.row.scan_id, size_bin=size_names[size_code[les["label"]]],
+                   type=type_names[type_code[les["label"]]] if type_code[les["label"]] >= 0 else None)
+    acc.lesions.extend(det.lesions)
+    acc.fp_components.append((sc.row.label, det.n_fp_components))
+    rec["lesions_detected_calibrated"] = det.n_detected
+    rec["fp_components_calibrated"] = det.n_fp_components
+
+
+def _strata(labels, scores, wts, codes, names) -> dict[str, Any]:
+    """Each stratum's positives against all negatives."""
+    neg = ~labels
+    out = {}
+    for k, name in enumerate(names):
+        sel = neg | (codes == k)
+        n_pos = int((labels & sel).sum())
+        w = None if wts is None else wts[sel]
+        out[name] = {"n_positive_voxels": n_pos,
+                     "auroc": M.auroc(labels[sel], scores[sel], w) if n_pos else None,
+                     "ap": M.average_precision(labels[sel], scores[sel], w) if n_pos else None}
+    return out
+
+
+def _pooled_metrics(pool: _VoxelPool, stride: int, acc: _CalibratedMasks, size_names, type_names, n_scans: int,
+                    no_mask: list[str], opts: EvalOptions) -> tuple[dict[str, Any], dict[str, Any], float]:
+    scores, labels = np.concatenate(pool.scores), np.concatenate(pool.labels)
+    wts = np.concatenate(pool.weights) if stride > 1 else None
     res: dict[str, Any] = {
-        "available": True, "n_scans": len(with_gt), "n_voxels": int(scores.size),
+        "available": True, "n_scans": n_scans, "n_voxels": int(scores.size),
         "n_positive_voxels": int(labels.sum()), "anomalous_without_mask": no_mask,
-        "healthy_subsample_stride": stride_healthy,
+        "healthy_subsample_stride": stride,
         "foreground": "source scan nonzero ∪ ground truth" if opts.foreground == "nonzero" else "all voxels",
+        "auroc": M.auroc(labels, scores, wts), "ap": M.average_precision(labels, scores, wts),
     }
-    res["auroc"] = M.auroc(labels, scores, wts)
-    res["ap"] = M.average_precision(labels, scores, wts)
     bd, bthr = M.best_dice(labels, scores, wts)
-    res["best_dice"] = bd
-    res["best_dice_threshold"] = bthr
-    res["best_dice_note"] = "oracle: threshold chosen on these labels"
-    if has_cal_masks:
-        denom = 2 * cal_tp + cal_fp + cal_fn
-        res["calibrated_dice"] = 2 * cal_tp / denom if denom else 1.0
+    res.update(best_dice=bd, best_dice_threshold=bthr, best_dice_note="oracle: threshold chosen on these labels")
+    if acc.available:
+        res["calibrated_dice"] = acc.dice()
         res["calibrated_dice_note"] = "the run's mask.nii.gz (threshold from healthy calibration scans), pooled over all scans"
     else:
         res["calibrated_dice"] = None
         res["calibrated_dice_note"] = "not available: the run wrote no mask.nii.gz (uncalibrated?)"
-
-    # strata: each stratum's positives against all negatives
-    neg = ~labels
-    by_size = {}
-    for k, name in enumerate(size_names):
-        sel = neg | (size_code == k)
-        n_pos = int((labels & sel).sum())
-        by_size[name] = {"n_positive_voxels": n_pos,
-                         "auroc": M.auroc(labels[sel], scores[sel], None if wts is None else wts[sel]) if n_pos else None,
-                         "ap": M.average_precision(labels[sel], scores[sel], None if wts is None else wts[sel]) if n_pos else None}
-    by_type = {}
-    for k, name in enumerate(type_names):
-        sel = neg | (type_code == k)
-        n_pos = int((labels & sel).sum())
-        by_type[name] = {"n_positive_voxels": n_pos,
-                         "auroc": M.auroc(labels[sel], scores[sel], None if wts is None else wts[sel]) if n_pos else None,
-                         "ap": M.average_precision(labels[sel], scores[sel], None if wts is None else wts[sel]) if n_pos else None}
-    res["by_size"] = by_size
-    res["by_type"] = by_type
+    res["by_size"] = _strata(labels, scores, wts, np.concatenate(pool.size_code), size_names)
+    res["by_type"] = _strata(labels, scores, wts, np.concatenate(pool.type_code), type_names)
     res["strata_note"] = "each stratum: its lesion voxels against all healthy-tissue voxels"
-
-    # curves for plots (thinned)
     dcurve, dthr = M.dice_curve(labels, scores, wts)
-    vcurves = {"voxel": (labels, scores, wts), "dice_threshold": (dthr, dcurve)}
-    del size_code, type_code
+    return res, {"voxel": (labels, scores, wts), "dice_threshold": (dthr, dcurve)}, bthr
 
-    # ------------------------------------------------------------------ second pass at the oracle threshold
-    lesions_orc: list[dict] = []
-    fp_orc: list[tuple[int, int]] = []
+
+def _oracle_pass(per_scan, cache, threshold: float, opts: EvalOptions, size_names, type_names):
+    """Second pass: lesion detection and Dice at the oracle threshold."""
+    from scipy import ndimage
+
+    lesions, fps = [], []
     for rec, c in zip(per_scan, cache):
         sc = c["sc"]
         amap, _ = _load_nifti(c["map_path"])
         gt = (_load_nifti(sc.row.mask_path)[0] > 0) if sc.row.mask_path is not None else np.zeros(amap.shape, bool)
-        pm = amap > bthr
+        pm = amap > threshold
         rec["dice_oracle_threshold"] = M.dice(pm, gt) if gt.any() else None
         det = M.lesion_detection(pm, gt, c["vox_mm3"])
         gt_labels, n_comp = ndimage.label(gt, structure=M.STRUCTURE_26)
-        comp_type_code = _component_types(gt_labels, n_comp, sc.row, type_names)
+        type_code = _component_types(gt_labels, n_comp, sc.row, type_names)
         for les in det.lesions:
             les.update(scan_id=sc.row.scan_id, size_bin=size_names[size_bin(les["volume_mm3"], opts.size_bins)],
-                       type=type_names[comp_type_code[les["label"]]] if comp_type_code[les["label"]] >= 0 else None)
-        lesions_orc.extend(det.lesions)
-        fp_orc.append((sc.row.label, det.n_fp_components))
+                       type=type_names[type_code[les["label"]]] if type_code[les["label"]] >= 0 else None)
+        lesions.extend(det.lesions)
+        fps.append((sc.row.label, det.n_fp_components))
         rec["lesions_detected_oracle"] = det.n_detected
         rec["fp_components_oracle"] = det.n_fp_components
+    return lesions, fps
 
-    res["lesion_detection"] = {
-        "calibrated": _lesion_summary(lesions_cal, fp_cal, size_names, type_names) if has_cal_masks else None,
-        "oracle_threshold": _lesion_summary(lesions_orc, fp_orc, size_names, type_names),
-        "rule": "a ground-truth component (26-connected) is found when any predicted voxel overlaps it",
-    }
+
+def _per_scan_dice(per_scan, calibrated: bool) -> dict[str, Any]:
     anom = [r for r in per_scan if r["label"] == 1 and r["gt_voxels"] > 0]
-    res["per_scan_dice"] = {
-        "calibrated": _summ([r.get("dice_calibrated") for r in anom]) if has_cal_masks else None,
+    return {
+        "calibrated": _summ([r.get("dice_calibrated") for r in anom]) if calibrated else None,
         "oracle_threshold": _summ([r.get("dice_oracle_threshold") for r in anom]),
         "by_type": {t: {"calibrated": _summ([r.get("dice_calibrated") for r in anom if r["types"] == [t]]),
                         "oracle_threshold": _summ([r.get("dice_oracle_threshold") for r in anom if r["types"] == [t]])}
                     for t in sorted({r["types"][0] for r in anom if len(r["types"]) == 1})},
         "note": "anomalous scans with a non-empty mask; by_type uses single-type scans only",
     }
+
+
+def _voxel_level(scans: list[_Scan], opts: EvalOptions, log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pooled voxel metrics, strata, calibrated-mask and oracle-threshold lesion detection."""
+    from scipy import ndimage
+
+    with_gt, no_mask = _scans_with_ground_truth(scans)
+    if not any(sc.row.label == 1 and sc.row.mask_path is not None for sc in with_gt):
+        return {"available": False, "note": "no ground-truth masks for anomalous scans",
+                "anomalous_without_mask": no_mask}, {}
+    size_names, type_names = size_bin_names(opts.size_bins), []
+    pool, acc = _VoxelPool(), _CalibratedMasks()
+    per_scan: list[dict[str, Any]] = []
+    cache: list[dict[str, Any]] = []
+    stride = 1
+    for i, sc in enumerate(with_gt):
+        amap, aff, map_path, gt, fg = _map_gt_foreground(sc, opts)
+        vox_mm3 = float(abs(np.linalg.det(aff[:3, :3])))
+        gt_labels, n_comp = ndimage.label(gt, structure=M.STRUCTURE_26)
+        comp_sizes = np.bincount(gt_labels.ravel(), minlength=n_comp + 1) * vox_mm3
+        size_code = np.array([-1] + [size_bin(v, opts.size_bins) for v in comp_sizes[1:]], dtype=np.int16)
+        type_code = _component_types(gt_labels, n_comp, sc.row, type_names)
+        if i == 0:
+            stride = _healthy_stride(int(fg.sum()), with_gt, opts, log)
+        subsample = stride if sc.row.label == 0 and not gt.any() else 1
+        vals, lab = _pool_voxels(pool, amap, gt, fg, gt_labels, size_code, type_code, subsample)
+        rec: dict[str, Any] = {"scan_id": sc.row.scan_id, "label": sc.row.label, "types": sc.row.types,
+                               "gt_voxels": int(gt.sum()), "gt_volume_mm3": float(gt.sum() * vox_mm3),
+                               "n_lesions": int(n_comp), "voxel_ap": M.average_precision(lab, vals) if lab.any() else None}
+        _score_calibrated_mask(sc, rec, acc, amap, aff, map_path, gt, gt_labels, vox_mm3, size_code, type_code,
+                               size_names, type_names)
+        per_scan.append(rec)
+        cache.append({"sc": sc, "map_path": map_path, "fg_count": int(fg.sum()), "vox_mm3": vox_mm3})
+    res, vcurves, bthr = _pooled_metrics(pool, stride, acc, size_names, type_names, len(with_gt), no_mask, opts)
+    del pool
+    lesions_orc, fp_orc = _oracle_pass(per_scan, cache, bthr, opts, size_names, type_names)
+    res["lesion_detection"] = {
+        "calibrated": _lesion_summary(acc.lesions, acc.fp_components, size_names, type_names) if acc.available else None,
+        "oracle_threshold": _lesion_summary(lesions_orc, fp_orc, size_names, type_names),
+        "rule": "a ground-truth component (26-connected) is found when any predicted voxel overlaps it",
+    }
+    res["per_scan_dice"] = _per_scan_dice(per_scan, acc.available)
     res["per_scan"] = per_scan
     return res, vcurves
 

@@ -1,6 +1,6 @@
 """DICOM series reading: header scan, grouping into 3D stacks, geometry, pixels.
 
-Rules (see shared REFERENCE.md for why):
+Rules:
 * group by SeriesInstanceUID, then split by orientation, matrix size and pixel
   spacing — one UID can hold several stacks (e.g. localizers);
 * sort slices by ImagePositionPatient projected on the slice normal, never by
@@ -41,6 +41,16 @@ NON_VOLUME_MODALITIES = {
     "DOC": "encapsulated document",
     "ECG": "waveform",
 }
+# Objects that are never image slices, by SOP Class (they may share an image series' UID).
+NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66": "raw data object",
+    "1.2.840.10008.5.1.4.1.1.4.2": "MR spectroscopy object",
+    "1.2.840.10008.5.1.4.1.1.11.1": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.104.1": "encapsulated PDF",
+    "1.2.840.10008.5.1.4.1.1.7": "secondary capture (screenshot)",
+}
+MOSAIC_REASON = ("Siemens mosaic (the slices are tiled in one image), not supported: convert the series with "
+                 "dcm2niix and score the NIfTI")
 PROJECTION_MODALITIES = {"CR", "DX", "MG", "XA", "RF", "IO", "PX", "OP", "XC", "ES", "GM", "SM", "US"}
 MIN_SLICES = 3
 # Relative tolerance on slice spacing before a stack counts as irregular.
@@ -64,6 +74,11 @@ class SliceHeader:
     patient_id: str | None
     patient_name: str | None
     instance_number: Any = None
+    repeat_tags: dict[str, Any] = field(default_factory=dict)  # temporal/echo tags that tell 4D repeats apart
+
+
+# Tags that distinguish the volumes of a classic 4D (dynamic / multi-echo) series at one slice position.
+REPEAT_TAGS = ("TemporalPositionIdentifier", "AcquisitionNumber", "EchoNumbers", "TriggerTime", "DiffusionBValue")
 
 
 @dataclass
@@ -129,7 +144,12 @@ def classify(ds, path: str) -> str | None:
         return f"non-volumetric object: {NON_VOLUME_MODALITIES[modality]} (Modality {modality})"
     if modality in PROJECTION_MODALITIES:
         return f"2D projection image (Modality {modality}), not a volume"
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    if sop_class in NON_IMAGE_SOP_CLASSES:
+        return f"non-image object: {NON_IMAGE_SOP_CLASSES[sop_class]} (SOP Class {sop_class})"
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "MOSAIC" in image_type or (0x0019, 0x100A) in ds:
+        return MOSAIC_REASON
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         return "localizer/scout image (ImageType LOCALIZER)"
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -137,6 +157,35 @@ def classify(ds, path: str) -> str | None:
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         return f"colour image (SamplesPerPixel={ds.get('SamplesPerPixel')}), not a grayscale volume"
     return None
+
+
+def slice_geometry(ds) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(IOP, IPP) of a refused file that would have been an image slice, else None: non-image
+    objects (raw data, pixel-less files without plane geometry, localizers) are never slices."""
+    if str(ds.get("SOPClassUID", "") or "") in NON_IMAGE_SOP_CLASSES:
+        return None
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if "LOCALIZER" in image_type or "SCOUT" in image_type or "MOSAIC" in image_type:
+        return None
+    try:
+        iop = tuple(float(v) for v in ds.ImageOrientationPatient)
+        ipp = tuple(float(v) for v in ds.ImagePositionPatient)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (iop, ipp) if len(iop) == 6 and len(ipp) == 3 else None
+
+
+def missing_from_stack(headers: list[SliceHeader], geometry) -> bool:
+    """Is a refused slice (IOP, IPP) absent from this stack (same orientation, a position the
+    stack does not have)? Only then does the stack lack it."""
+    iop, ipp = geometry
+    h0 = headers[0]
+    if not np.allclose(np.round(iop, ORIENTATION_DECIMALS), np.round(h0.iop, ORIENTATION_DECIMALS)):
+        return False
+    _, _, normal = _directions(h0.iop)
+    proj = np.array([h.ipp for h in headers], dtype=np.float64) @ normal
+    step = float(np.median(np.diff(np.sort(proj)))) if len(proj) > 1 else 1.0
+    return bool(np.abs(proj - float(np.asarray(ipp) @ normal)).min() > 0.1 * abs(step))
 
 
 def _pixel_bytes_ok(ds, path: str) -> str | None:
@@ -194,6 +243,7 @@ def slice_header(ds, path: str) -> SliceHeader:
         patient_id=_str_or_none(ds.get("PatientID")),
         patient_name=_str_or_none(ds.get("PatientName")),
         instance_number=ds.get("InstanceNumber"),
+        repeat_tags={k: str(ds.get(k)) for k in REPEAT_TAGS if ds.get(k) not in (None, "")},
     )
 
 
@@ -214,6 +264,23 @@ def _stack_affine(iop, first_ipp, pixel_spacing, slice_step: np.ndarray) -> np.n
     a[:3, 2] = slice_step
     a[:3, 3] = first_ipp
     return LPS_TO_RAS @ a
+
+
+def check_not_4d(iop, ipps: np.ndarray, where: str, repeat_labels: list[dict[str, Any]] | None = None,
+                 kind: str = "series") -> None:
+    """Refuse a stack whose slice positions all repeat the same number of times (a dynamic,
+    multi-echo or diffusion run) with one message for classic and enhanced DICOM alike."""
+    _, _, normal = _directions(iop)
+    proj = np.round(np.asarray(ipps, dtype=np.float64) @ normal, 2)
+    _, counts = np.unique(proj, return_counts=True)
+    if len(counts) < 1 or counts.min() < 2 or counts.min() != counts.max():
+        return
+    varying = sorted({k for lab in (repeat_labels or []) for k in lab
+                      if len({str(x.get(k)) for x in repeat_labels}) > 1})
+    by = f" (they differ in {', '.join(varying)})" if varying else ""
+    raise ScanError(where, f"4D {kind}: {int(counts[0])} volumes of {len(counts)} slices at the same positions{by} "
+                    "— dynamic, multi-echo or diffusion runs are not scored as one volume",
+                    "export one time point / echo per series, or convert with dcm2niix and score one volume")
 
 
 def build_stack(iop, ipps: np.ndarray, pixel_spacing, where: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -277,6 +344,7 @@ def stack_from_slices(headers: list[SliceHeader], stack_index: int = 0) -> Dicom
     where = _series_where(headers)
     ipps = np.array([h.ipp for h in headers], dtype=np.float64)
     h0 = headers[0]
+    check_not_4d(h0.iop, ipps, where, [h.repeat_tags for h in headers])
     order, affine, warnings = build_stack(h0.iop, ipps, h0.pixel_spacing, where)
     return DicomStack(
         series_uid=h0.series_uid,
@@ -319,6 +387,18 @@ def _frame_geometry(ds, i: int):
             tuple(float(v) for v in meas.PixelSpacing), slope, intercept)
 
 
+def _frame_repeat_tags(ds, i: int) -> dict[str, Any]:
+    """Temporal/echo labels of frame i (FrameContentSequence, MR echo / diffusion sequences)."""
+    per = ds.PerFrameFunctionalGroupsSequence[i]
+    out: dict[str, Any] = {}
+    for seq, tag in (("FrameContentSequence", "TemporalPositionIndex"), ("FrameContentSequence", "StackID"),
+                     ("MREchoSequence", "EffectiveEchoTime"), ("MRDiffusionSequence", "DiffusionBValue")):
+        items = per.get(seq)
+        if items and tag in items[0]:
+            out[tag] = str(items[0].get(tag))
+    return out
+
+
 def stack_from_enhanced(ds, path: str) -> DicomStack:
     n = int(ds.NumberOfFrames)
     geoms = [_frame_geometry(ds, i) for i in range(n)]
@@ -326,6 +406,7 @@ def stack_from_enhanced(ds, path: str) -> DicomStack:
     if len(iops) != 1:
         raise ScanError(path, f"enhanced object holds {len(iops)} orientations; one stack expected")
     ipps = np.array([g[1] for g in geoms])
+    check_not_4d(geoms[0][0], ipps, path, [_frame_repeat_tags(ds, i) for i in range(n)], kind="enhanced object")
     order, affine, warnings = build_stack(geoms[0][0], ipps, geoms[0][2], path)
     return DicomStack(
         series_uid=str(ds.get("SeriesInstanceUID", "")),

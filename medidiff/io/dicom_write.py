@@ -82,7 +82,7 @@ def _geometry(affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def write_dicom_series(volume: Volume, out_dir: str | os.PathLike, *, modality: str = "MR",
                        series_description: str = "medidiff export",
-                       patient_id: str = "ANON", patient_name: str = "Anonymous",
+                       patient_id: str = "ANON", patient_name: str = "Anonymous^Sample",
                        study_uid: str | None = None, series_uid: str | None = None,
                        derived: bool = False, rng_or_seed: np.random.Generator | int | None = None,
                        series_number: int = 1, file_names: str = "sequential",

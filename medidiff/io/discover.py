@@ -54,7 +54,8 @@ def group_skipped(skipped: list[Skipped]) -> list[tuple[str, int, str]]:
     folder (the slices of one refused series) become one row."""
     groups: dict[tuple[str, str], list[str]] = {}
     for s in skipped:
-        key = (str(Path(s.path).parent), s.reason) if s.reason.startswith("series ") else (s.path, s.reason)
+        per_series = s.reason.startswith("series ") or s.reason == dcm.MOSAIC_REASON
+        key = (str(Path(s.path).parent), s.reason) if per_series else (s.path, s.reason)
         groups.setdefault(key, []).append(s.path)
     rows = []
     for (where, reason), paths in groups.items():
@@ -182,7 +183,7 @@ def discover(path: str | os.PathLike, max_voxels: int | None = None,
     slice_headers: list[dcm.SliceHeader] = []
     # Series UID of DICOM files refused one by one (truncated, no pixel data, ...),
     # so a series that then lacks them says why.
-    refused_in_series: dict[str, list[Skipped]] = {}
+    refused_in_series: dict[str, list[tuple[Skipped, tuple]]] = {}
     for p in iter_files(root, result.skipped, exclude):
         try:
             if is_nifti_path(p):
@@ -202,8 +203,11 @@ def discover(path: str | os.PathLike, max_voxels: int | None = None,
                 skip = Skipped(str(p), reason)
                 result.skipped.append(skip)
                 uid = str(ds.get("SeriesInstanceUID", "") or "")
-                if uid:
-                    refused_in_series.setdefault(uid, []).append(skip)
+                # only a refused would-be slice makes its series incomplete; a raw-data object or a
+                # pixel-less non-image file that shares the UID does not
+                geometry = dcm.slice_geometry(ds)
+                if uid and geometry is not None:
+                    refused_in_series.setdefault(uid, []).append((skip, geometry))
                 continue
             if dcm.is_enhanced(ds):
                 stack = dcm.stack_from_enhanced(ds, str(p))
@@ -226,7 +230,7 @@ def discover(path: str | os.PathLike, max_voxels: int | None = None,
     for (uid, *_), headers in groups:
         idx = per_uid.get(uid, 0)
         per_uid[uid] = idx + 1
-        refused = refused_in_series.get(uid, [])
+        refused = [s for s, geometry in refused_in_series.get(uid, []) if dcm.missing_from_stack(headers, geometry)]
         because = ""
         if refused:
             because = (f"; {len(refused)} file(s) of this series were refused, e.g. "

@@ -106,3 +106,29 @@ def predict_eps(model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | in
     if pt == "sample":
         return (x_t - sa * model_out) / s1a
     raise ValueError(f"unsupported prediction type {pt!r}")
+
+
+def ddim_step(x0: torch.Tensor, eps: torch.Tensor, abar_t, abar_next, eta: float = 0.0,
+              noise_fn=None) -> torch.Tensor:
+    """One generalised DDIM update (Song et al. 2021, eq. 12), shared by reconstruction and sampling:
+
+        x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z
+        sigma = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)
+
+    ``abar_t``/``abar_next`` are floats or per-item sequences (abar_next = 1 for the
+    final step, which returns x0). eta = 0 is deterministic DDIM, eta = 1 the
+    ancestral DDPM posterior. ``noise_fn()`` supplies z and is called only when
+    some sigma > 0, so deterministic runs never consume random numbers."""
+    a_t = torch.as_tensor(abar_t, dtype=torch.float64).reshape(-1)
+    a_s = torch.as_tensor(abar_next, dtype=torch.float64).reshape(-1)
+    sigma = eta * ((1 - a_s) / (1 - a_t).clamp_min(1e-12)).sqrt() * (1 - a_t / a_s).clamp_min(0.0).sqrt()
+    direction = (1 - a_s - sigma ** 2).clamp_min(0.0).sqrt()
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+
+    def cast(v: torch.Tensor) -> torch.Tensor:
+        return v.to(x0.device, x0.dtype).reshape(shape)
+
+    x = cast(a_s.sqrt()) * x0 + cast(direction) * eps
+    if noise_fn is not None and bool((sigma > 0).any()):
+        x = x + cast(sigma) * noise_fn()
+    return x

@@ -122,3 +122,15 @@ def make_noise(kind: str, shape: Sequence[int], generator: torch.Generator | Non
     else:
         raise ValueError(f"unknown noise kind {kind!r} (one of {NOISE_KINDS})")
     return z.to(device) if device is not None else z
+
+
+def per_item_noise(kind: str, shape: Sequence[int], generators: Sequence[torch.Generator],
+                   device: torch.device | str | None = None, **params) -> torch.Tensor:
+    """One draw per batch item from its own generator, stacked: the noise of an
+    item never depends on which other items share its batch (or the batch size)."""
+    shape = tuple(int(s) for s in shape)
+    if len(generators) != shape[0]:
+        raise ValueError(f"need one generator per batch item, got {len(generators)} for batch {shape[0]}")
+    parts = [make_noise(kind, (1, *shape[1:]), g, None, **params) for g in generators]
+    z = torch.cat(parts, dim=0)
+    return z.to(device) if device is not None else z

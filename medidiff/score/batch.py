@@ -15,7 +15,6 @@ Layout of an output folder::
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import shutil
@@ -30,13 +29,10 @@ from ..io.atomic import write_text_atomic
 from ..io.content import check_content
 from ..io.errors import ScanError
 from ..io.naming import safe_join
-from ..io.nifti import write_nifti
+from ..jsonutil import json_default, now_utc
+from .result import RESULT_FILE, TABLE_COLUMNS, ScanRecord, ScanResult, write_scan_outputs
 
-RESULT_FILE = "result.json"
 RUN_FILE = "run.json"
-TABLE_COLUMNS = ["scan_id", "source_path", "format", "score", "percentile", "flag", "n_evals", "seconds",
-                 "model_hash", "config_hash", "status", "error"]
-MODALITY_ALIASES = {"mri": {"MR"}, "ct": {"CT"}}
 
 
 class OutputConflict(Exception):
@@ -83,10 +79,6 @@ def in_shard(scan_id: str, shard: tuple[int, int] | None) -> bool:
         return True
     i, n = shard
     return int(hashlib.sha1(scan_id.encode()).hexdigest(), 16) % n == i - 1
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def prepare_out(out: Path) -> None:
@@ -160,13 +152,130 @@ def _complete(scan_dir: Path, run_info: dict[str, Any]) -> bool:
     return all((scan_dir / rel).is_file() for rel in res.get("outputs", {}).values())
 
 
-def _check_modality(volume, modality: str) -> None:
-    scan_mod = (volume.provenance.modality or "").upper()
-    allowed = MODALITY_ALIASES.get(modality, set())
-    if scan_mod and allowed and scan_mod not in allowed:
-        raise ScanError(volume.provenance.source_paths[0] if volume.provenance.source_paths else volume.scan_id,
-                        f"scan modality {scan_mod} but the model was trained on {modality.upper()}",
-                        "use a model trained for this modality")
+def check_modality(volume, modality: str) -> None:
+    """DICOM Modality when present, intensity/header hints otherwise (see :mod:`medidiff.io.modality`)."""
+    from ..io.modality import check_modality as _check
+
+    _check(volume, modality)
+
+
+@dataclass
+class ScanJob:
+    """Everything needed to score one scan into OUT: shared by medidiff and the baselines
+    (and by anything that distributes scans, one job per scan)."""
+
+    out: Path
+    run_info: dict[str, Any]
+    score_one: Callable[[Any], ScanResult]  # Volume -> ScanResult (the method + the shared post-processor)
+    modality: str
+    overwrite: bool = False
+    dicom_outputs: bool = True
+    log: Callable[[str], None] = print
+
+    def scan_dir(self, ref) -> Path:
+        return safe_join(self.out / "scans", ref.scan_id)
+
+    def is_complete(self, ref) -> bool:
+        return not self.overwrite and _complete(self.scan_dir(ref), self.run_info)
+
+    def run(self, ref) -> ScanRecord:
+        """Score ``ref`` and write its outputs and result.json; failures are recorded, never raised."""
+        import time
+
+        scan_dir = self.scan_dir(ref)
+        record = ScanRecord(scan_id=ref.scan_id, source_path=ref.source, format=ref.format,
+                            model_hash=self.run_info["model_hash"], config_hash=self.run_info["config_hash"])
+        t0 = time.perf_counter()
+        _remove_stale_temps(scan_dir)
+        try:
+            volume = ref.load()
+            check_modality(volume, self.modality)
+            check_content(volume)
+            result = self.score_one(volume)
+            outputs = write_scan_outputs(scan_dir, volume, result, self.run_info["model_hash"], self.dicom_outputs,
+                                         self.log)
+            record.succeeded(volume, result, outputs, time.perf_counter() - t0)
+        except Exception as exc:  # recorded, and the batch goes on
+            record.failed(failure_reason(exc, ref, scan_dir), time.perf_counter() - t0)
+            self.log(f"failed: {record.error}")
+        record.write(scan_dir)
+        return record
+
+
+def failure_reason(exc: BaseException, ref, scan_dir: Path) -> str:
+    reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    if isinstance(exc, MemoryError):
+        return (f"{ref.source}: out of memory while scoring {tuple(ref.shape)} voxels "
+                "(score it alone, or lower MEDIDIFF_MAX_VOXELS to skip such scans)")
+    if isinstance(exc, OSError) and not isinstance(exc, ScanError):
+        return (f"{ref.source}: cannot write outputs to {scan_dir} ({exc.strerror or reason}); "
+                "check free space and permissions of --out, then re-run (finished scans are kept)")
+    if not isinstance(exc, ScanError):
+        return (f"{ref.source}: unexpected {exc.__class__.__name__}: {reason} "
+                "(please report this with the scan's header)")
+    return reason
+
+
+def run_jobs(job: ScanJob, todo, summary: RunSummary, progress: bool = True, label: str = "scoring") -> None:
+    """Score ``todo`` one by one with a progress bar; fills ``summary``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("score", total=len(todo), current="")
+        for ref in todo:
+            bar.update(task, current=ref.scan_id)
+            if job.is_complete(ref):
+                summary.n_skipped_complete += 1
+            else:
+                record = job.run(ref)
+                if record.status == "ok":
+                    summary.n_scored += 1
+                else:
+                    summary.n_failed += 1
+                    summary.failures.append({"scan_id": ref.scan_id, "error": record.error})
+            bar.advance(task)
+
+
+def finish_run(out: Path, summary: RunSummary, run_info: dict[str, Any], **extra: Any) -> None:
+    write_tables(out)
+    d = dict(summary.__dict__)
+    d.update(model_hash=run_info["model_hash"], config_hash=run_info["config_hash"], finished=now_utc(),
+             calibrated=run_info.get("calibrated", False), **extra)
+    write_text_atomic(out / "summary.json", json.dumps(d, indent=2, default=json_default))
+
+
+def discover_todo(input_path, out: Path, shard: str | None, limit: int | None, log: Callable[[str], None]):
+    """Scans under ``input_path`` (never inside OUT), in this shard, at most ``limit``."""
+    from ..io.discover import discover, group_skipped
+
+    found = discover(input_path, exclude=[out])
+    for where, n, reason in group_skipped(found.skipped):
+        log(f"skipped: {where}{f' ({n} files)' if n > 1 else ''}: {reason}")
+    summary = RunSummary(out_dir=str(out), n_found=len(found.scans), skipped_files=[s.to_dict() for s in found.skipped])
+    shard_t = parse_shard(shard)
+    todo = [s for s in found.scans if in_shard(s.scan_id, shard_t)]
+    if limit is not None:
+        todo = todo[:limit]
+    summary.n_in_shard = len(todo)
+    return todo, summary
+
+
+def write_run_info(out: Path, run_info: dict[str, Any], overwrite: bool) -> None:
+    try:
+        _check_run_file(out, run_info, overwrite)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write {RUN_FILE} ({exc.strerror or exc}); choose a writable --out") from exc
+
+
+def calibration_for_run(calibration) -> dict[str, Any] | None:
+    if calibration is None:
+        return None
+    d = calibration.to_json()
+    d.pop("healthy_scores", None)
+    d.pop("voxel_fpr_per_scan", None)
+    return d
 
 
 def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | Path, *,
@@ -176,7 +285,6 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
                  progress: bool = True, log: Callable[[str], None] = print) -> RunSummary:
     import time
 
-    from ..io.discover import discover
     from ..runtime import resolve_device, set_threads
     from ..train.checkpoint import load_model
     from .calibration import Calibration
@@ -192,105 +300,45 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
     # A calibrated model folder carries the settings its thresholds are valid for.
     base = calibration.score_config if calibration is not None and config_path is None else None
     cfg = load_score_config(config_path, overrides, base=base)
-    if calibration is not None and calibration.score_config_hash != cfg.hash():
-        log("warning: scoring settings differ from the calibrated ones; thresholds, flags and percentiles "
-            "are not valid for these settings (re-run `medidiff calibrate` with the same --set)")
+    scorer = Scorer(loaded, cfg, calibration)
+    config_hash = scorer.settings_hash()
+    if calibration is not None and calibration.score_config_hash != config_hash:
+        log("warning: scoring settings differ from the calibrated ones "
+            f"({_settings_diff(calibration, cfg, scorer.runtime_settings())}); thresholds, flags and percentiles "
+            "are not valid for these settings (re-run `medidiff calibrate` with the same --set on this device)")
+    if calibration is not None:
+        for w in calibration.warnings:
+            log(f"calibration warning: {w}")
     run_info = {
+        "method": "medidiff",
         "model_hash": loaded.model_hash,
-        "config_hash": cfg.hash(),
+        "config_hash": config_hash,
         "score_config": cfg.to_dict(),
+        "runtime": scorer.runtime_settings(),
         "calibrated": calibration is not None,
-        "calibration": calibration.to_json() if calibration is not None else None,
+        "calibration": calibration_for_run(calibration),
         "medidiff_version": __version__,
         "model_dir": str(model_dir),
         "input": str(input_path),
         "t_star": [int(round(f * loaded.scheduler_factory.num_train_timesteps)) for f in cfg.t_fractions],
-        "started": _now(),
+        "started": now_utc(),
     }
-    if run_info["calibration"]:
-        run_info["calibration"].pop("healthy_scores", None)
-    try:
-        _check_run_file(out, run_info, overwrite)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write {RUN_FILE} ({exc.strerror or exc}); choose a writable --out") from exc
-
-    # The output folder is never read as input (it may lie inside the input tree).
-    found = discover(input_path, exclude=[out])
-    from ..io.discover import group_skipped
-
-    for where, n, reason in group_skipped(found.skipped):
-        log(f"skipped: {where}{f' ({n} files)' if n > 1 else ''}: {reason}")
-    summary = RunSummary(out_dir=str(out), n_found=len(found.scans),
-                         skipped_files=[s.to_dict() for s in found.skipped])
-    shard_t = parse_shard(shard)
-    todo = [s for s in found.scans if in_shard(s.scan_id, shard_t)]
-    if limit is not None:
-        todo = todo[:limit]
-    summary.n_in_shard = len(todo)
-    scorer = Scorer(loaded, cfg, calibration)
-    scans_root = out / "scans"
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = [TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("score", total=len(todo), current="")
-        for ref in todo:
-            bar.update(task, current=ref.scan_id)
-            scan_dir = safe_join(scans_root, ref.scan_id)
-            if not overwrite and _complete(scan_dir, run_info):
-                summary.n_skipped_complete += 1
-                bar.advance(task)
-                continue
-            record: dict[str, Any] = {"scan_id": ref.scan_id, "source_path": ref.source, "format": ref.format,
-                                      "model_hash": loaded.model_hash, "config_hash": run_info["config_hash"]}
-            t0 = time.perf_counter()
-            _remove_stale_temps(scan_dir)
-            try:
-                volume = ref.load()
-                _check_modality(volume, loaded.preprocess_config.modality)
-                check_content(volume)
-                result = scorer.score_volume(volume, with_reconstruction=write_reconstruction, keep_model_grid=True)
-                mg, result.model_grid = result.model_grid, None
-                if mg is not None and not mg.mask.any():
-                    raise ScanError(ref.source, "no foreground found to score (the image is blank or nearly "
-                                                "constant after preprocessing)",
-                                    "check the scan; for CT or unusual contrasts set preprocess.foreground")
-                del mg
-                outputs = _write_outputs(scan_dir, volume, result, loaded.model_hash, dicom_outputs, log)
-                record.update(status="ok", error="", score=result.score, percentile=result.percentile,
-                              flag=result.flag, n_evals=result.n_evals, seconds=round(time.perf_counter() - t0, 3),
-                              outputs=outputs, shape=list(volume.shape), affine=volume.affine.tolist(),
-                              warnings=result.warnings, finished=_now())
-                summary.n_scored += 1
-            except Exception as exc:  # recorded, and the batch goes on
-                reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-                if isinstance(exc, MemoryError):
-                    reason = (f"{ref.source}: out of memory while scoring {tuple(ref.shape)} voxels "
-                              "(score it alone, or lower MEDIDIFF_MAX_VOXELS to skip such scans)")
-                elif isinstance(exc, OSError) and not isinstance(exc, ScanError):
-                    reason = (f"{ref.source}: cannot write outputs to {scan_dir} ({exc.strerror or reason}); "
-                              "check free space and permissions of --out, then re-run (finished scans are kept)")
-                elif not isinstance(exc, ScanError):
-                    reason = (f"{ref.source}: unexpected {exc.__class__.__name__}: {reason} "
-                              "(please report this with the scan's header)")
-                record.update(status="failed", error=reason, score=None, percentile=None, flag=None,
-                              n_evals=0, seconds=round(time.perf_counter() - t0, 3), outputs={}, finished=_now())
-                summary.n_failed += 1
-                summary.failures.append({"scan_id": ref.scan_id, "error": reason})
-                log(f"failed: {reason}")
-            scan_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(scan_dir / RESULT_FILE, json.dumps(record, indent=2, default=_json_default))
-            bar.advance(task)
-
+    write_run_info(out, run_info, overwrite)
+    todo, summary = discover_todo(input_path, out, shard, limit, log)
+    job = ScanJob(out=out, run_info=run_info, modality=loaded.preprocess_config.modality, overwrite=overwrite,
+                  dicom_outputs=dicom_outputs, log=log,
+                  score_one=lambda v: scorer.score_volume(v, with_reconstruction=write_reconstruction))
+    run_jobs(job, todo, summary, progress)
     summary.seconds = round(time.perf_counter() - t_start, 2)
-    write_tables(out)
-    summary_dict = dict(summary.__dict__)
-    summary_dict.update(model_hash=loaded.model_hash, config_hash=run_info["config_hash"], finished=_now(),
-                        calibrated=calibration is not None)
-    write_text_atomic(out / "summary.json", json.dumps(summary_dict, indent=2, default=_json_default))
+    finish_run(out, summary, run_info)
     return summary
+
+
+def _settings_diff(calibration, cfg, runtime: dict[str, Any]) -> str:
+    now = dict(cfg.to_dict(), **{f"runtime.{k}": v for k, v in runtime.items()})
+    then = dict(calibration.score_config, **{f"runtime.{k}": v for k, v in (calibration.runtime or {}).items()})
+    keys = sorted(k for k in set(now) | set(then) if k != "batch_size" and now.get(k) != then.get(k))
+    return ", ".join(f"{k}: calibrated {then.get(k)!r}, now {now.get(k)!r}" for k in keys) or "settings hash differs"
 
 
 def _remove_stale_temps(scan_dir: Path) -> None:
@@ -302,38 +350,6 @@ def _remove_stale_temps(scan_dir: Path) -> None:
             p.unlink()
         except OSError:
             pass
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
-
-
-def _write_outputs(scan_dir: Path, volume, result, model_hash: str, dicom_outputs: bool,
-                   log: Callable[[str], None]) -> dict[str, str]:
-    scan_dir.mkdir(parents=True, exist_ok=True)
-    outputs = {"anomaly_map": "anomaly_map.nii.gz"}
-    write_nifti(result.anomaly_map, scan_dir / outputs["anomaly_map"], like=volume, dtype=np.float32)
-    if result.mask is not None:
-        outputs["mask"] = "mask.nii.gz"
-        write_nifti(result.mask, scan_dir / outputs["mask"], like=volume, dtype=np.uint8)
-    if result.reconstruction is not None:
-        outputs["reconstruction"] = "reconstruction.nii.gz"
-        write_nifti(result.reconstruction, scan_dir / outputs["reconstruction"], like=volume, dtype=np.float32)
-    if dicom_outputs and volume.provenance.format == "dicom":
-        from .dicom_out import write_parametric_map, write_segmentation
-
-        outputs["parametric_map"] = "pmap.dcm"
-        write_parametric_map(volume, result.anomaly_map, scan_dir / outputs["parametric_map"], model_hash)
-        if result.mask is not None:
-            outputs["segmentation"] = "seg.dcm"
-            write_segmentation(volume, result.mask, scan_dir / outputs["segmentation"], model_hash)
-    return outputs
 
 
 def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -355,5 +371,5 @@ def write_tables(out_dir: str | Path) -> None:
     df = pd.DataFrame([{c: r.get(c) for c in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
     df = df.sort_values(["status", "score"], ascending=[False, False], na_position="last")
     write_text_atomic(out / "scores.csv", df.to_csv(index=False))
-    write_text_atomic(out / "scores.jsonl", "".join(json.dumps(r, default=_json_default) + "\n"
+    write_text_atomic(out / "scores.jsonl", "".join(json.dumps(r, default=json_default) + "\n"
                                                    for r in df.to_dict(orient="records")))

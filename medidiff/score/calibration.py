@@ -1,31 +1,60 @@
-"""Calibration on healthy scans (no labels): residual statistics that normalize
+"""Calibration on healthy scans (no labels): residual statistics that normalise
 maps, a voxel threshold and a scan threshold at target false-positive rates, and
 the healthy score distribution that percentiles are reported against.
 
-Thresholds are estimated leave-one-out: each healthy scan is normalized with
-statistics from the *other* scans, so the threshold's false-positive rate is
-what a new healthy scan would see, not an optimistic in-sample figure.
+It runs the post-processor's own code (:class:`~medidiff.score.postprocess.PostProcessor`)
+on every method's raw model-grid maps, on the model grid where the thresholds
+are applied. What it stores:
+
+* statistics and thresholds from **all** calibration scans (what scoring uses);
+  each scan's map is normalised with statistics from the *other* scans, so the
+  thresholds are placed on out-of-sample maps;
+* an honest **leave-one-out** check: for each scan, the voxel and scan thresholds
+  are re-derived from the other scans only and applied to it; the achieved voxel
+  and scan FPRs come with Clopper-Pearson 95 % intervals (the voxel interval
+  treats voxels as independent, which they are not: read it as a lower bound on
+  the uncertainty);
+* warnings when the data cannot support the target (fewer than 1/scan_fpr scans).
+
+``calibration.json`` records the SHA-256 of ``calibration.safetensors``; a
+missing, extra or altered tensor file is refused with what to do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..io.atomic import atomic_path, write_text_atomic
 from .config import ScoreConfig
-from .maps import NormStats, normalize_map, scan_score
+from .maps import NormStats
+from .postprocess import PostProcessor
 
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_TENSORS = "calibration.safetensors"
+FORMAT_VERSION = 2
 
 
 class CalibrationError(Exception):
     pass
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial confidence interval for k successes in n trials."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
 
 
 @dataclass
@@ -39,10 +68,22 @@ class Calibration:
     healthy_scores: list[float]
     voxel_fpr: float
     scan_fpr: float
-    achieved_voxel_fpr: float
-    achieved_scan_fpr: float
-    stats: NormStats | None = None
+    achieved_voxel_fpr: float  # leave-one-out (see module docstring)
+    achieved_scan_fpr: float  # leave-one-out
+    achieved_voxel_fpr_ci95: list[float] = field(default_factory=list)
+    achieved_scan_fpr_ci95: list[float] = field(default_factory=list)
+    n_false_positive_scans: int = 0
+    voxel_fpr_per_scan: list[float] = field(default_factory=list)
+    grid: list[int] = field(default_factory=list)
+    method: str = "medidiff"
+    runtime: dict[str, Any] = field(default_factory=dict)
+    refine_voxel_threshold: float | None = None  # first-pass hole threshold of the inpainting refinement
+    warnings: list[str] = field(default_factory=list)
     scan_ids: list[str] = field(default_factory=list)
+    tensors_sha256: str | None = None
+    format_version: int = FORMAT_VERSION
+    stats: NormStats | None = None
+    refine_stats: NormStats | None = None
 
     def percentile_of(self, score: float) -> float:
         """Percentage of healthy calibration scans scoring at or below ``score``."""
@@ -50,86 +91,221 @@ class Calibration:
         return float(100.0 * (h <= score).mean()) if h.size else float("nan")
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "stats"}
-        if self.stats is not None:
-            d["global_mean"] = self.stats.global_mean
-            d["global_std"] = self.stats.global_std
+        d = {k: v for k, v in asdict(self).items() if k not in ("stats", "refine_stats")}
+        for key, st in (("", self.stats), ("refine_", self.refine_stats)):
+            if st is not None:
+                d[f"{key}global_mean"], d[f"{key}global_std"] = st.global_mean, st.global_std
         return d
 
-    def save(self, run_dir: str | Path) -> None:
-        from safetensors.numpy import save_file
+    def summary_lines(self) -> list[str]:
+        """What was computed, in words (the CLI prints these)."""
+        vci, sci = self.achieved_voxel_fpr_ci95 or [math.nan] * 2, self.achieved_scan_fpr_ci95 or [math.nan] * 2
+        lines = [
+            f"calibrated on {self.n_scans} healthy scans",
+            f"voxel threshold {self.voxel_threshold:.4g} (target FPR {self.voxel_fpr:g}); leave-one-out achieved "
+            f"{self.achieved_voxel_fpr:.4g} [95% CI {vci[0]:.3g}-{vci[1]:.3g}, voxels treated as independent]",
+            f"scan threshold {self.scan_threshold:.4g} (target FPR {self.scan_fpr:g}); leave-one-out achieved "
+            f"{self.achieved_scan_fpr:.3g} ({self.n_false_positive_scans}/{self.n_scans} healthy scans flagged) "
+            f"[95% CI {sci[0]:.3g}-{sci[1]:.3g}]",
+        ]
+        return lines + [f"warning: {w}" for w in self.warnings]
 
-        run_dir = Path(run_dir)
-        if self.stats is not None:
-            with atomic_path(run_dir / CALIBRATION_TENSORS) as tmp:
-                save_file({"mean": self.stats.mean, "std": self.stats.std}, str(tmp))
-        write_text_atomic(run_dir / CALIBRATION_JSON, json.dumps(self.to_json(), indent=2))
+    def _tensors(self) -> dict[str, np.ndarray]:
+        t = {}
+        for key, st in (("", self.stats), ("refine_", self.refine_stats)):
+            if st is not None:
+                t[f"{key}mean"], t[f"{key}std"] = st.mean, st.std
+        return t
+
+    def save(self, folder: str | Path) -> None:
+        """Tensors first, then the JSON that names their hash (the JSON is what marks a calibration)."""
+        from safetensors.numpy import save
+
+        folder = Path(folder)
+        tpath = folder / CALIBRATION_TENSORS
+        tensors = self._tensors()
+        if tensors:
+            blob = save(tensors, metadata={"score_config_hash": self.score_config_hash})
+            self.tensors_sha256 = hashlib.sha256(blob).hexdigest()
+            with atomic_path(tpath) as tmp:
+                Path(tmp).write_bytes(blob)
+        else:
+            self.tensors_sha256 = None
+            tpath.unlink(missing_ok=True)
+        write_text_atomic(folder / CALIBRATION_JSON, json.dumps(self.to_json(), indent=2))
 
     @classmethod
-    def load(cls, run_dir: str | Path, model_hash: str | None = None) -> "Calibration | None":
-        run_dir = Path(run_dir)
-        path = run_dir / CALIBRATION_JSON
+    def load(cls, folder: str | Path, model_hash: str | None = None) -> "Calibration | None":
+        """None when the folder holds no calibration; :class:`CalibrationError` when what it holds is
+        incomplete, altered or for another model."""
+        folder = Path(folder)
+        path, tpath = folder / CALIBRATION_JSON, folder / CALIBRATION_TENSORS
+        redo = "re-run `medidiff calibrate` for this model"
         if not path.is_file():
+            if tpath.is_file():
+                raise CalibrationError(f"{tpath}: calibration tensors without {CALIBRATION_JSON}; {redo}")
             return None
         try:
             d = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(f"{path}: not valid JSON ({exc})") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CalibrationError(f"{path}: not valid JSON ({exc}); {redo}") from exc
+        if d.get("format_version") != FORMAT_VERSION:
+            raise CalibrationError(f"{path}: calibration format {d.get('format_version', 1)} is not the current "
+                                   f"{FORMAT_VERSION} (no hash link, in-sample FPRs); {redo}")
         if model_hash is not None and d.get("model_hash") != model_hash:
-            raise CalibrationError(f"{path}: calibrated for model {d.get('model_hash', '?')[:12]}, not this model "
-                                   f"({model_hash[:12]}); re-run `medidiff calibrate`")
-        gm, gs = d.pop("global_mean", None), d.pop("global_std", None)
-        stats = None
-        tpath = run_dir / CALIBRATION_TENSORS
-        if tpath.is_file() and gm is not None:
-            from safetensors.numpy import load_file
+            raise CalibrationError(f"{path}: calibrated for model {str(d.get('model_hash', '?'))[:12]}, not this "
+                                   f"model ({model_hash[:12]}); {redo}")
+        glob = {k: d.pop(k, None) for k in ("global_mean", "global_std", "refine_global_mean", "refine_global_std")}
+        cal = cls(**d)
+        if cal.tensors_sha256 is None:
+            if tpath.is_file():
+                raise CalibrationError(f"{tpath}: not referenced by {CALIBRATION_JSON} (left by another calibration?); {redo}")
+            if ScoreConfig.from_dict(cal.score_config).normalization != "none":
+                raise CalibrationError(f"{path}: normalisation needs statistics but none are recorded; {redo}")
+            return cal
+        if not tpath.is_file():
+            raise CalibrationError(f"{tpath}: missing ({CALIBRATION_JSON} needs its normalisation statistics); {redo}")
+        blob = tpath.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != cal.tensors_sha256:
+            raise CalibrationError(f"{tpath}: does not match {CALIBRATION_JSON} (SHA-256 differs: altered or from "
+                                   f"another calibration); {redo}")
+        from safetensors.numpy import load
 
-            t = load_file(str(tpath))
-            stats = NormStats(t["mean"], t["std"], gm, gs)
-        return cls(stats=stats, **d)
+        t = load(blob)
+        cal.stats = NormStats(t["mean"], t["std"], glob["global_mean"], glob["global_std"]) if "mean" in t else None
+        if "refine_mean" in t:
+            cal.refine_stats = NormStats(t["refine_mean"], t["refine_std"], glob["refine_global_mean"],
+                                         glob["refine_global_std"])
+        return cal
 
 
-def fit_calibration(raw_maps: list[np.ndarray], fg_masks: list[np.ndarray], cfg: ScoreConfig, model_hash: str,
-                    voxel_volume_mm3: float, scan_ids: list[str] | None = None) -> Calibration:
-    """Fit statistics and thresholds from healthy raw (un-normalized) maps on the model grid."""
-    n = len(raw_maps)
-    if n < 2:
-        raise CalibrationError(f"calibration needs at least 2 healthy scans, got {n}")
-    masks = [m.astype(bool) for m in fg_masks]
+# ----------------------------------------------------------------------------- fitting
+
+@dataclass
+class _Fit:
+    stats: NormStats | None
+    loo_maps: list[np.ndarray]  # each scan normalised without itself
+    voxel_threshold: float
+    scan_threshold: float
+    healthy_scores: list[float]
+    loo: dict[str, Any]
+
+
+def _sums(raws, masks):
     fm = [m.astype(np.float64) for m in masks]
-    s1 = sum(r * m for r, m in zip(raw_maps, fm))
-    s2 = sum((r.astype(np.float64) ** 2) * m for r, m in zip(raw_maps, fm))
-    cnt = sum(fm)
-    g1 = float(sum(r[m].sum() for r, m in zip(raw_maps, masks)))
-    g2 = float(sum((r[m].astype(np.float64) ** 2).sum() for r, m in zip(raw_maps, masks)))
+    s1 = sum(r * f for r, f in zip(raws, fm))
+    s2 = sum((r.astype(np.float64) ** 2) * f for r, f in zip(raws, fm))
+    g1 = float(sum(r[m].sum() for r, m in zip(raws, masks)))
+    g2 = float(sum((r[m].astype(np.float64) ** 2).sum() for r, m in zip(raws, masks)))
     gn = float(sum(m.sum() for m in masks))
-    final = NormStats.from_sums(s1, s2, cnt, g1, g2, gn)
+    return s1, s2, sum(fm), g1, g2, gn
 
-    loo_maps = []
-    for r, m, f in zip(raw_maps, masks, fm):
-        rr = r.astype(np.float64)
-        stats = NormStats.from_sums(s1 - rr * f, s2 - rr * rr * f, cnt - f, g1 - float(r[m].sum()),
-                                    g2 - float((rr[m] ** 2).sum()), gn - float(m.sum()))
-        loo_maps.append(normalize_map(r, m, stats if cfg.normalization != "none" else None, cfg))
-    voxels = np.concatenate([lm[m] for lm, m in zip(loo_maps, masks)])
-    voxel_thr = float(np.quantile(voxels, 1.0 - cfg.voxel_fpr))
-    scores = [scan_score(lm, m, cfg, voxel_volume_mm3, voxel_thr) for lm, m in zip(loo_maps, masks)]
-    scan_thr = float(np.quantile(scores, 1.0 - cfg.scan_fpr))
+
+def _loo_stats(raws, masks) -> tuple[NormStats, list[NormStats]]:
+    s1, s2, cnt, g1, g2, gn = _sums(raws, masks)
+    final = NormStats.from_sums(s1, s2, cnt, g1, g2, gn)
+    loo = []
+    for r, m in zip(raws, masks):
+        rr, f = r.astype(np.float64), m.astype(np.float64)
+        loo.append(NormStats.from_sums(s1 - rr * f, s2 - rr * rr * f, cnt - f, g1 - float(rr[m].sum()),
+                                       g2 - float((rr[m] ** 2).sum()), gn - float(m.sum())))
+    return final, loo
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    return float(np.quantile(values, q))
+
+
+def _leave_one_out_check(post: PostProcessor, maps, masks) -> dict[str, Any]:
+    """For each scan: thresholds from the other scans only, applied to it."""
+    cfg = post.cfg
+    vals = [m[k] for m, k in zip(maps, masks)]
+    n = len(maps)
+    exceed, total, per_scan, fp = 0, 0, [], 0
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        vthr = _quantile(np.concatenate([vals[j] for j in others]), 1.0 - cfg.voxel_fpr)
+        k = int((vals[i] > vthr).sum())
+        exceed, total = exceed + k, total + vals[i].size
+        per_scan.append(k / max(vals[i].size, 1))
+        other_scores = [post.score(maps[j], masks[j], vthr) for j in others]
+        sthr = _quantile(np.asarray(other_scores), 1.0 - cfg.scan_fpr)
+        fp += int(post.score(maps[i], masks[i], vthr) > sthr)
+    return {"achieved_voxel_fpr": exceed / max(total, 1), "achieved_voxel_fpr_ci95": list(clopper_pearson(exceed, total)),
+            "voxel_fpr_per_scan": [float(v) for v in per_scan], "achieved_scan_fpr": fp / n,
+            "achieved_scan_fpr_ci95": list(clopper_pearson(fp, n)), "n_false_positive_scans": fp}
+
+
+def fit_thresholds(raws: Sequence[np.ndarray], masks: Sequence[np.ndarray], post: PostProcessor) -> _Fit:
+    """Statistics and thresholds from healthy raw maps, with the post-processor's own normalise/score."""
+    masks = [np.asarray(m, bool) for m in masks]
+    cfg = post.cfg
+    if cfg.normalization == "none":
+        final, loo_maps = None, [post.normalize(r, m, None) for r, m in zip(raws, masks)]
+    else:
+        final, loo_stats = _loo_stats(raws, masks)
+        loo_maps = [post.normalize(r, m, s) for r, m, s in zip(raws, masks, loo_stats)]
+    voxels = np.concatenate([a[m] for a, m in zip(loo_maps, masks)])
+    vthr = _quantile(voxels, 1.0 - cfg.voxel_fpr)
+    scores = [post.score(a, m, vthr) for a, m in zip(loo_maps, masks)]
+    sthr = _quantile(np.asarray(scores), 1.0 - cfg.scan_fpr)
+    return _Fit(final, loo_maps, vthr, sthr, [float(s) for s in scores], _leave_one_out_check(post, loo_maps, masks))
+
+
+def sample_size_warnings(n: int, cfg: ScoreConfig) -> list[str]:
+    need = math.ceil(1.0 / cfg.scan_fpr - 1e-9)
+    if n < need:
+        return [f"only {n} healthy scans for a {cfg.scan_fpr:g} scan false-positive rate: at least {need} are needed "
+                f"to place that threshold (with {n}, 1 flagged scan is already {1 / n:.2g}); the achieved rate is "
+                "the leave-one-out achieved_scan_fpr (calibration.json), not the target"]
+    return []
+
+
+def build_calibration(fit: _Fit, cfg: ScoreConfig, *, model_hash: str, runtime: dict[str, Any], grid,
+                      scan_ids: Sequence[str], method: str = "medidiff") -> Calibration:
     return Calibration(
-        model_hash=model_hash,
-        score_config=cfg.to_dict(),
-        score_config_hash=cfg.hash(),
-        n_scans=n,
-        voxel_threshold=voxel_thr,
-        scan_threshold=scan_thr,
-        healthy_scores=[float(s) for s in scores],
-        voxel_fpr=cfg.voxel_fpr,
-        scan_fpr=cfg.scan_fpr,
-        achieved_voxel_fpr=float((voxels > voxel_thr).mean()),
-        achieved_scan_fpr=float(np.mean(np.asarray(scores) > scan_thr)),
-        stats=final if cfg.normalization != "none" else None,
-        scan_ids=list(scan_ids or []),
-    )
+        model_hash=model_hash, score_config=cfg.to_dict(), score_config_hash=cfg.hash(runtime),
+        n_scans=len(fit.healthy_scores), voxel_threshold=fit.voxel_threshold, scan_threshold=fit.scan_threshold,
+        healthy_scores=fit.healthy_scores, voxel_fpr=cfg.voxel_fpr, scan_fpr=cfg.scan_fpr, grid=[int(g) for g in grid],
+        method=method, runtime=dict(runtime), warnings=sample_size_warnings(len(fit.healthy_scores), cfg),
+        scan_ids=list(scan_ids), stats=fit.stats, **fit.loo)
+
+
+def calibrate_maps(maps, ids: Sequence[str], post: PostProcessor, *, model_hash: str, runtime: dict[str, Any],
+                   method: str = "medidiff", refine: Callable | None = None) -> Calibration:
+    """Calibration from healthy :class:`ModelGridMap` s. ``refine(mg, first_pass_map, threshold)``
+    (the inpainting refinement) is applied with the same rule it is scored with: holes are
+    first-pass voxels above the first-pass calibrated threshold."""
+    if len(maps) < 2:
+        raise CalibrationError(f"calibration needs at least 2 healthy scans, got {len(maps)}")
+    first = fit_thresholds([m.raw for m in maps], [m.region for m in maps], post)
+    if refine is None:
+        return build_calibration(first, post.cfg, model_hash=model_hash, runtime=runtime,
+                                 grid=maps[0].raw.shape, scan_ids=ids, method=method)
+    refined = [refine(m, amap, first.voxel_threshold) for m, amap in zip(maps, first.loo_maps)]
+    fit = fit_thresholds([m.raw for m in refined], [m.region for m in refined], post)
+    cal = build_calibration(fit, post.cfg, model_hash=model_hash, runtime=runtime, grid=maps[0].raw.shape,
+                            scan_ids=ids, method=method)
+    cal.refine_stats, cal.refine_voxel_threshold = first.stats, first.voxel_threshold
+    return cal
+
+
+def collect_maps(scans, make_map: Callable, log: Callable[[str], None], progress: bool = False,
+                 label: str = "calibrating"):
+    """Model-grid maps of healthy scans; a scan that fails is logged and left out."""
+    from rich.progress import Progress
+
+    maps, ids = [], []
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task(label, total=len(scans))
+        for ref in scans:
+            try:
+                maps.append(make_map(ref.load()))
+                ids.append(ref.scan_id)
+            except Exception as exc:  # one bad healthy scan must not stop calibration
+                log(f"calibration: failed: {ref.source}: {exc}")
+            bar.advance(task)
+    return maps, ids
 
 
 def calibrate_model(model_dir: str | Path, healthy: str | Path, *, overrides: tuple[str, ...] = (),
@@ -150,20 +326,8 @@ def calibrate_model(model_dir: str | Path, healthy: str | Path, *, overrides: tu
         log(f"skipped: {s.path}: {s.reason}")
     scans = found.scans[:limit] if limit else found.scans
     scorer = Scorer(loaded, cfg, calibration=None)
-    raws, masks, ids = [], [], []
-    from rich.progress import Progress
-
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("calibrating", total=len(scans))
-        for ref in scans:
-            try:
-                mg = scorer.model_grid(ref.load(), normalized=False)
-                raws.append(mg.raw)
-                masks.append(mg.mask)
-                ids.append(ref.scan_id)
-            except Exception as exc:
-                log(f"failed: {ref.source}: {exc}")
-            bar.advance(task)
-    cal = fit_calibration(raws, masks, cfg, loaded.model_hash, scorer.voxel_volume, ids)
+    maps, ids = collect_maps(scans, scorer.first_pass, log, progress)
+    cal = calibrate_maps(maps, ids, scorer.post, model_hash=loaded.model_hash, runtime=scorer.runtime_settings(),
+                         refine=scorer.refine if cfg.refine else None)
     cal.save(model_dir)
     return cal

@@ -82,11 +82,15 @@ class ScoreConfig:
             raise ValueError(f"unknown score option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**d)
 
-    def hash(self) -> str:
-        """Hash of the settings that change maps (not batch size or precision-independent)."""
+    def hash(self, runtime: dict[str, Any] | None = None) -> str:
+        """Hash of everything that changes maps: these settings (not ``batch_size``: every noise
+        draw has its own generator, so batching never changes a map) plus ``runtime`` — the
+        resolved precision, device kind and noise type/parameters (see ``Scorer.runtime_settings``)."""
         d = self.to_dict()
         d.pop("batch_size")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        if runtime is not None:
+            d["runtime"] = runtime
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_score_config(path: str | Path | None = None, overrides: Iterable[str] = (),

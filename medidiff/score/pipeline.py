@@ -1,53 +1,25 @@
-"""Score one scan: preprocess → reconstruct → map → score → back onto the source grid.
-
-:class:`ScanResult` is the one result contract (score, flag, map, mask) that
-writers, evaluation and reports all bind to.
+"""Score one scan with the diffusion model: preprocess → reconstruct → raw map on the
+model grid, then the shared :class:`~medidiff.score.postprocess.PostProcessor`
+(normalise, threshold, score, back onto the source grid).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from ..preprocess import Preprocessed, preprocess
+from ..preprocess import preprocess
 from ..volume import Volume
 from .calibration import Calibration
 from .config import ScoreConfig
-from .maps import normalize_map, raw_map, scan_score, scoring_mask
+from .maps import normalize_map, raw_map, scoring_mask
+from .postprocess import ModelGridMap, PostProcessor
 from .reconstruct import Reconstructor
+from .result import ScanResult
 
-
-@dataclass
-class ModelGridResult:
-    pre: Preprocessed
-    recon: np.ndarray
-    raw: np.ndarray
-    amap: np.ndarray
-    mask: np.ndarray  # scoring mask (eroded foreground)
-    n_evals: int
-
-
-@dataclass
-class ScanResult:
-    scan_id: str
-    score: float
-    flag: bool | None  # None when uncalibrated
-    percentile: float | None
-    anomaly_map: np.ndarray  # source grid
-    mask: np.ndarray | None  # source grid, uint8; None when uncalibrated
-    reconstruction: np.ndarray | None  # source grid, source intensity units
-    n_evals: int
-    seconds: float
-    model_grid: ModelGridResult | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        return {"scan_id": self.scan_id, "score": self.score, "flag": self.flag, "percentile": self.percentile,
-                "n_evals": self.n_evals, "seconds": round(self.seconds, 3), "warnings": self.warnings}
+__all__ = ["ModelGridMap", "ScanResult", "Scorer"]
 
 
 class Scorer:
@@ -58,71 +30,57 @@ class Scorer:
         self.reconstructor = Reconstructor(loaded, cfg)
         self.pcfg = loaded.preprocess_config
         self.spacing = np.asarray(self.pcfg.spacing, dtype=np.float64)
-        self.voxel_volume = float(np.prod(self.spacing))
+        self.post = PostProcessor(cfg, self.spacing, calibration)
+        self.voxel_volume = self.post.voxel_volume
+        if calibration is not None and cfg.refine and calibration.refine_stats is None \
+                and calibration.refine_voxel_threshold is None:
+            raise ValueError("score.refine=true but the calibration was made without the refinement; "
+                             "re-run `medidiff calibrate --set score.refine=true`")
 
-    @property
-    def stats(self):
-        return self.calibration.stats if self.calibration is not None else None
+    def runtime_settings(self) -> dict:
+        return self.reconstructor.runtime_settings()
 
-    def model_grid(self, volume: Volume, seed: int | None = None, normalized: bool = True) -> ModelGridResult:
+    def settings_hash(self) -> str:
+        return self.cfg.hash(self.runtime_settings())
+
+    def first_pass(self, volume: Volume, seed: int | None = None) -> ModelGridMap:
+        """Raw residual map of the plain partial-diffusion reconstruction."""
         pre = preprocess(volume, self.pcfg)
-        mask = scoring_mask(pre.foreground, self.cfg, self.spacing)
+        region = scoring_mask(pre.foreground, self.cfg, self.spacing)
         rec = self.reconstructor.reconstruct(pre.image, seed=seed)
-        raw = raw_map(pre.image, rec.mean, mask, self.cfg, self.spacing)
-        amap = normalize_map(raw, mask, self.stats, self.cfg) if normalized else raw
-        n_evals = rec.n_evals
-        if self.cfg.refine:
-            recon2, extra = self._refine(pre, amap, mask, seed)
-            raw = raw_map(pre.image, recon2, mask, self.cfg, self.spacing)
-            amap = normalize_map(raw, mask, self.stats, self.cfg) if normalized else raw
-            rec_mean, n_evals = recon2, n_evals + extra
-        else:
-            rec_mean = rec.mean
-        return ModelGridResult(pre=pre, recon=rec_mean, raw=raw, amap=amap, mask=mask, n_evals=n_evals)
+        raw = raw_map(pre.image, rec.mean, region, self.cfg, self.spacing)
+        return ModelGridMap(pre=pre, raw=raw, region=region, n_evals=rec.n_evals, recon=rec.mean)
 
-    def _refine(self, pre: Preprocessed, amap: np.ndarray, mask: np.ndarray, seed: int | None):
-        """AutoDDPM-style: mask first-pass anomalies, re-noise lightly, inpaint
-        them from healthy context (known voxels re-imposed at every step)."""
-        if self.calibration is not None:
-            thr = self.calibration.voxel_threshold
-        else:
-            vals = amap[mask]
-            thr = float(np.quantile(vals, 0.99)) if vals.size else np.inf
-        hole = amap > thr
+    def refine(self, mg: ModelGridMap, first_map: np.ndarray, hole_threshold: float,
+               seed: int | None = None) -> ModelGridMap:
+        """AutoDDPM-style: voxels of the normalised first-pass map above ``hole_threshold``
+        (dilated) are re-noised lightly and inpainted from healthy context (known voxels
+        re-imposed at every step). Calibration calls this with the same rule."""
+        hole = first_map > hole_threshold
         radius = np.maximum(np.round(self.cfg.refine_dilate_mm / self.spacing).astype(int), 1)
-        hole = ndimage.binary_dilation(hole, structure=np.ones(tuple(2 * radius + 1), bool)) & pre.foreground
+        hole = ndimage.binary_dilation(hole, structure=np.ones(tuple(2 * radius + 1), bool)) & mg.pre.foreground
         if not hole.any():
-            return self.reconstructor.reconstruct(pre.image, seed=seed).mean, 0
+            return mg
         steps = max(self.cfg.steps, 5)  # inpainting needs a few steps to harmonise the border
-        rec = self.reconstructor.reconstruct(pre.image, seed=seed, fractions=(self.cfg.refine_t_fraction,),
+        rec = self.reconstructor.reconstruct(mg.pre.image, seed=seed, fractions=(self.cfg.refine_t_fraction,),
                                              inpaint_mask=hole, steps=steps)
-        return rec.mean, rec.n_evals
+        raw = raw_map(mg.pre.image, rec.mean, mg.region, self.cfg, self.spacing)
+        return ModelGridMap(pre=mg.pre, raw=raw, region=mg.region, n_evals=mg.n_evals + rec.n_evals, recon=rec.mean)
+
+    def model_grid(self, volume: Volume, seed: int | None = None) -> ModelGridMap:
+        mg = self.first_pass(volume, seed)
+        if not self.cfg.refine:
+            return mg
+        cal = self.calibration
+        if cal is None:
+            raise ValueError("score.refine=true needs a calibrated model (the inpainting holes use the "
+                             "calibrated first-pass threshold); run `medidiff calibrate --set score.refine=true`")
+        first_map = normalize_map(mg.raw, mg.region, cal.refine_stats, self.cfg)
+        return self.refine(mg, first_map, cal.refine_voxel_threshold, seed)
 
     def score_volume(self, volume: Volume, seed: int | None = None, keep_model_grid: bool = False,
                      with_reconstruction: bool = False) -> ScanResult:
         t0 = time.perf_counter()
         mg = self.model_grid(volume, seed=seed)
-        cal = self.calibration
-        vthr = cal.voxel_threshold if cal is not None else None
-        score = scan_score(mg.amap, mg.mask, self.cfg, self.voxel_volume, vthr)
-        warnings = list(volume.provenance.warnings)
-        if vthr is None and self.cfg.score == "supra_volume":
-            warnings.append("uncalibrated model: scan score is the top-k mean, not the supra-threshold volume")
-        amap_src = mg.pre.mapping.to_source(mg.amap, order=1, fill=0.0, antialias=True).astype(np.float32)
-        mask_src = (amap_src > vthr).astype(np.uint8) if vthr is not None else None
-        recon_src = None
-        if with_reconstruction:
-            recon_src = mg.pre.mapping.to_source(mg.pre.denormalize(mg.recon), order=1, fill=0.0).astype(np.float32)
-        return ScanResult(
-            scan_id=volume.scan_id,
-            score=score,
-            flag=(score > cal.scan_threshold) if cal is not None else None,
-            percentile=cal.percentile_of(score) if cal is not None else None,
-            anomaly_map=amap_src,
-            mask=mask_src,
-            reconstruction=recon_src,
-            n_evals=mg.n_evals,
-            seconds=time.perf_counter() - t0,
-            model_grid=mg if keep_model_grid else None,
-            warnings=warnings,
-        )
+        return self.post.finish(volume, mg, t0, keep_model_grid=keep_model_grid,
+                                with_reconstruction=with_reconstruction)

@@ -1,10 +1,14 @@
 """Partial noising and deterministic reconstruction ("healing").
 
-A scan x0 on the model grid is noised to t* with the training noise type and
-denoised back to 0 with DDIM in K steps (K=1: single-step x0 prediction).
-Several noise draws and t* levels are batched through the network together and
-their reconstructions averaged. The scheduler's cumulative alphas come from
-MONAI's scheduler; the loop starts at t* instead of T (partial diffusion).
+A scan x0 on the model grid is noised to t* with the training noise type (and
+its training ``noise_params``) and denoised back to 0 with DDIM in K steps
+(K=1: single-step x0 prediction). Several noise draws and t* levels are batched
+through the network together and their reconstructions averaged. The
+scheduler's cumulative alphas come from MONAI's scheduler; the loop starts at
+t* instead of T (partial diffusion).
+
+Every draw has its own generator, seeded from (seed, pass, draw index), so the
+maps do not depend on ``batch_size``: batching changes speed, never results.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..model.diffusion import add_noise, predict_eps, predict_x0
-from ..model.noise import make_noise
-from ..runtime import autocast
+from ..model.diffusion import add_noise, ddim_step, predict_eps, predict_x0
+from ..model.noise import per_item_noise
+from ..runtime import autocast_ctx, resolve_precision
 from .config import ScoreConfig
+
+FIRST_PASS, INPAINT_PASS = 0, 1
 
 
 @dataclass
@@ -32,6 +38,12 @@ def ddim_timesteps(t_start: int, steps: int) -> list[int]:
     return [int(round(t)) for t in ts]
 
 
+def draw_generator(seed: int, pass_id: int, item: int) -> torch.Generator:
+    """The CPU generator of one noise draw: independent of batch composition."""
+    state = np.random.SeedSequence([int(seed), int(pass_id), int(item)]).generate_state(2, np.uint64)
+    return torch.Generator().manual_seed(int(state[0] % (2**63)))
+
+
 class Reconstructor:
     def __init__(self, loaded, cfg: ScoreConfig):
         self.net = loaded.network
@@ -39,19 +51,29 @@ class Reconstructor:
         self.scheduler = loaded.scheduler_factory("ddim")
         self.T = int(loaded.scheduler_factory.num_train_timesteps)
         self.prediction_type = loaded.scheduler_factory.prediction_type
-        self.noise_kind = cfg.noise or loaded.config.diffusion.noise
+        dcfg = loaded.config.diffusion
+        self.noise_kind = cfg.noise or dcfg.noise
+        # the training noise parameters apply only when scoring with the training noise type
+        self.noise_params = dict(dcfg.noise_params or {}) if self.noise_kind == dcfg.noise else {}
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.cfg = cfg
-        acp = self.scheduler.alphas_cumprod.detach().to(torch.float64).cpu()
-        self._acp = acp
+        self._acp = self.scheduler.alphas_cumprod.detach().to(torch.float64).cpu()
+
+    def runtime_settings(self) -> dict:
+        """What changes the maps beyond ScoreConfig: resolved precision, device kind, noise."""
+        return {"precision": self.precision, "device": self.device.type, "noise": self.noise_kind,
+                "noise_params": self.noise_params}
 
     def t_levels(self, fractions=None) -> list[int]:
         fr = self.cfg.t_fractions if fractions is None else fractions
         return [max(1, min(self.T - 1, int(round(f * self.T)))) for f in fr]
 
+    def _noise(self, shape, gens) -> torch.Tensor:
+        return per_item_noise(self.noise_kind, shape, gens, self.device, **self.noise_params)
+
     @torch.no_grad()
-    def _denoise(self, x_t: torch.Tensor, t_start: torch.Tensor, steps: int,
-                 known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    def _denoise(self, x_t: torch.Tensor, t_start: torch.Tensor, steps: int, gens: list[torch.Generator],
+                 known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """DDIM (eta=0) from per-item t_start to 0. With ``known``/``known_mask``
         (RePaint-style), voxels outside the mask are replaced at every step by
         the known image noised to the current level."""
@@ -62,20 +84,16 @@ class Reconstructor:
         for i in range(steps):
             t_now = torch.tensor([s[i] for s in schedules], dtype=torch.long)
             t_next = [s[i + 1] if i + 1 < steps else -1 for s in schedules]
-            with autocast(self.device, self.cfg.precision):
+            with autocast_ctx(self.precision, self.device):
                 out = self.net(x, timesteps=t_now.to(self.device))
             out = out.float()
             evals += b
             x0 = predict_x0(out, x, t_now, self.scheduler, self.prediction_type)
             eps = predict_eps(out, x, t_now, self.scheduler, self.prediction_type)
-            a_next = torch.tensor([1.0 if t < 0 else float(self._acp[t]) for t in t_next], dtype=torch.float64)
-            shape = (-1,) + (1,) * (x.ndim - 1)
-            sa = a_next.sqrt().to(x.dtype).to(x.device).reshape(shape)
-            s1a = (1 - a_next).sqrt().to(x.dtype).to(x.device).reshape(shape)
-            x = sa * x0 + s1a * eps
+            a_next = [1.0 if t < 0 else float(self._acp[t]) for t in t_next]
+            x = ddim_step(x0, eps, self._acp[t_now], a_next)
             if known is not None and known_mask is not None and i + 1 < steps:
-                nz = make_noise(self.noise_kind, tuple(x.shape), generator, self.device)
-                known_t = add_noise(self.scheduler, known, nz, torch.tensor(t_next))
+                known_t = add_noise(self.scheduler, known, self._noise(tuple(x.shape), gens), torch.tensor(t_next))
                 x = known_mask * x + (1 - known_mask) * known_t
         if known is not None and known_mask is not None:
             x = known_mask * x + (1 - known_mask) * known
@@ -87,24 +105,23 @@ class Reconstructor:
         """Average reconstruction of ``image`` (model grid, float32)."""
         cfg = self.cfg
         steps = steps or cfg.steps
-        gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
+        seed = cfg.seed if seed is None else seed
+        pass_id = FIRST_PASS if inpaint_mask is None else INPAINT_PASS
         x0 = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
         levels = self.t_levels(fractions)
         items = [t for t in levels for _ in range(cfg.n_draws)]
         total = torch.zeros_like(x0[0])
         n_evals = 0
-        known = mask_t = None
+        mask_t = None
         if inpaint_mask is not None:
             mask_t = torch.from_numpy(inpaint_mask.astype(np.float32))[None, None].to(self.device)
         for start in range(0, len(items), cfg.batch_size):
             ts = torch.tensor(items[start:start + cfg.batch_size], dtype=torch.long)
-            b = len(ts)
-            xb = x0.expand(b, *x0.shape[1:])
-            noise = make_noise(self.noise_kind, tuple(xb.shape), gen, self.device)
-            x_t = add_noise(self.scheduler, xb, noise, ts)
-            if mask_t is not None:
-                known = xb
-            rec, ev = self._denoise(x_t, ts, steps, known, None if mask_t is None else mask_t.expand_as(xb), gen)
+            gens = [draw_generator(seed, pass_id, j) for j in range(start, start + len(ts))]
+            xb = x0.expand(len(ts), *x0.shape[1:])
+            x_t = add_noise(self.scheduler, xb, self._noise(tuple(xb.shape), gens), ts)
+            known = xb if mask_t is not None else None
+            rec, ev = self._denoise(x_t, ts, steps, gens, known, None if mask_t is None else mask_t.expand_as(xb))
             total += rec.sum(dim=0)
             n_evals += ev
         mean = (total / len(items))[0].cpu().numpy().astype(np.float32)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..io.atomic import atomic_path, write_text_atomic
+from ..jsonutil import json_default as _json_default
 from ..model.config import Config, ConfigError
 from ..model.diffusion import SchedulerFactory
 from ..model.network import build_network
@@ -129,16 +130,6 @@ def save_model(run_dir: str | Path, ema_state: dict[str, torch.Tensor], config: 
     return digest
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from medidiff.baselines.normative import NormativeBaseline
 from medidiff.evaluate import EvalOptions, evaluate_run
 from medidiff.evaluate.metrics import auroc, average_precision
 from medidiff.preprocess import PreprocessConfig, preprocess
-from medidiff.synth import insert_anomaly
+from medidiff.lesions import insert_anomaly
 from medidiff.volume import Volume
 
 # 8 mm model grid covering the MNI head (192 x 224 x 192 mm)

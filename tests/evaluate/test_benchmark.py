@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medidiff.synth import insert_anomaly
+from medidiff.lesions import insert_anomaly
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,11 +71,18 @@ def test_benchmark_quick_end_to_end(tiny_model_dir, mni_small, tmp_path):
     for name, m in res["methods"].items():
         assert m["row"]["n_missing"] == 0 and m["row"]["n_failed"] == 0, name
         assert m["row"]["voxel_ap"] is not None and m["row"]["sample_auroc"] is not None, name
+    # symmetric: every baseline had its score type chosen on val and the same leave-one-out calibration
+    for name in ("intensity-hyper", "normative"):
+        assert res["methods"][name]["score"] in ("topk_mean", "percentile")
+        assert {r["score"] for r in res["baseline_choices"][name]["val"]} == {"topk_mean", "percentile"}
+        brun = json.loads((out / "baselines" / name / "test" / "run.json").read_text())
+        assert brun["calibration"]["n_scans"] == 2 and "achieved_scan_fpr_ci95" in brun["calibration"]
+        assert brun["score_config"]["score"] == res["methods"][name]["score"]
     # test labels never used before evaluation: the medidiff test run was scored once, with the val choice
     run = json.loads((out / "runs" / "test_medidiff" / "run.json").read_text())
     assert run["score_config"]["t_fractions"] == [res["chosen"]["t"]]
     text = md.read_text()
-    for needle in ("| medidiff |", "| intensity-hyper |", "Verdict", "intensity baseline", "t*", "CPU:", "--quick",
+    for needle in ("| medidiff |", "| intensity-hyper |", "same post-processor", "Verdict", "intensity baseline", "t*", "CPU:", "--quick",
                    "Quick smoke run"):
         assert needle in text, needle
     assert (out / "runs" / "test_medidiff" / "evaluation" / "metrics.json").is_file()

@@ -7,6 +7,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -109,3 +110,48 @@ def test_ct_scan_given_to_mri_model_fails_with_modality_message(tiny_model_dir, 
     assert summary["n_scored"] == 1 and summary["n_failed"] == 1
     err = summary["failures"][0]["error"]
     assert "modality CT" in err and "trained on MRI" in err and str(tmp_path / "in" / "ct") in err
+
+
+def _ct_head(shape=(20, 20, 20), seed=0) -> np.ndarray:
+    """A CT-like head in Hounsfield units: air -1000 around, soft tissue ~40, a bone shell ~1000."""
+    rng = np.random.default_rng(seed)
+    zz = np.indices(shape).astype(np.float32)
+    r = np.sqrt(((zz - (np.array(shape)[:, None, None, None] - 1) / 2) ** 2).sum(0))
+    ct = np.full(shape, -1000.0, np.float32)
+    ct[r < 8] = 1000.0
+    ct[r < 7] = 40.0
+    return ct + rng.normal(0, 5, shape).astype(np.float32)
+
+
+def test_ct_nifti_given_to_mri_model_fails_with_modality_message(tiny_model_dir, tmp_path):
+    save_nifti(tmp_path / "in" / "ct_head.nii.gz", _ct_head())
+    save_nifti(tmp_path / "in" / "mr.nii.gz", blob((18, 18, 18)))
+    res = runner.invoke(app, ["score", "--model", str(tiny_model_dir), "--input", str(tmp_path / "in"), "--out",
+                              str(tmp_path / "o"), "--no-progress", "--no-report", "--set", "score.n_draws=1"])
+    assert res.exit_code == 1, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["n_scored"] == 1 and summary["n_failed"] == 1
+    err = summary["failures"][0]["error"]
+    assert "ct_head.nii.gz" in err and "looks like CT" in err and "near -1000" in err and "trained on MRI" in err
+
+
+def test_modality_hints_from_intensities_and_header():
+    from medidiff.io.modality import check_modality, intensity_hint
+    from medidiff.io.errors import ScanError
+    from medidiff.volume import Provenance, Volume
+
+    assert intensity_hint(_ct_head())[0] == "ct"
+    mr = blob((18, 18, 18))
+    assert intensity_hint(mr)[0] == "mri"
+    # MRI with small negative interpolation ringing is still MRI, not "unknown"
+    assert intensity_hint(mr - 0.01 * mr.max() * (np.indices(mr.shape).sum(0) % 2))[0] == "mri"
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    with pytest.raises(ScanError, match="looks like MRI"):  # an MRI NIfTI given to a CT model
+        check_modality(Volume(mr, affine, Provenance(source_paths=["mr.nii"])), "ct")
+    check_modality(Volume(_ct_head(), affine, Provenance(source_paths=["ct.nii"])), "ct")
+    # a header describing MR echo times decides an ambiguous intensity range
+    odd = np.linspace(-500, 500, 18 ** 3, dtype=np.float32).reshape(18, 18, 18)
+    assert intensity_hint(odd)[0] is None
+    with pytest.raises(ScanError, match="echo/repetition"):
+        check_modality(Volume(odd, affine, Provenance(source_paths=["x.nii"], series_description="TE=30;TR=2000")),
+                       "ct")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -11,6 +12,7 @@ from dicom_factory import (expected_affine_ras, oblique_iop, pydicom_test_dir, r
                            write_series)
 from pydicom.uid import generate_uid
 
+from medidiff.io import dicom as dcm
 from medidiff.io.discover import discover
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -215,3 +217,106 @@ def test_non_volume_objects_skipped(tmp_path):
     assert "segmentation" in reasons["liver_1frame.dcm"]
     assert "only 1 slice" in reasons["CT_small.dcm"]
     assert "RT dose" in reasons["rtdose.dcm"]
+
+
+def _complete_series(folder, n=6):
+    stored = _stored((10, 8, n))
+    iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    pos = regular_positions((0.0, 0.0, 0.0), iop, 2.0, n)
+    uid, study = generate_uid(), generate_uid()
+    paths = write_series(folder, stored, pos, iop, (1.0, 1.0), series_uid=uid, study_uid=study)
+    return paths, uid, study, iop, pos
+
+
+def test_non_image_objects_sharing_the_series_uid_do_not_make_it_incomplete(tmp_path):
+    paths, uid, study, iop, pos = _complete_series(tmp_path / "s")
+    raw = pydicom.dcmread(paths[0])
+    raw.SOPClassUID = raw.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66"  # Raw Data Storage
+    del raw.PixelData
+    raw.save_as(tmp_path / "s" / "rawdata", enforce_file_format=True)
+    pixelless = pydicom.dcmread(paths[1])  # an image header without plane geometry or pixels (e.g. a report)
+    for tag in ("PixelData", "ImagePositionPatient", "ImageOrientationPatient"):
+        delattr(pixelless, tag)
+    pixelless.SOPInstanceUID = generate_uid()
+    pixelless.save_as(tmp_path / "s" / "nopixels", enforce_file_format=True)
+    found = discover(tmp_path)
+    (ref,) = found.scans
+    assert ref.shape == (10, 8, 6) and not ref.warnings, ref.warnings
+    reasons = {Path(s.path).name: s.reason for s in found.skipped}
+    assert "raw data object" in reasons["rawdata"] and "pixel data" in reasons["nopixels"]
+    # a truncated end slice of the same series still warns (the warning is not switched off)
+    end = pydicom.dcmread(paths[-1])
+    end.ImagePositionPatient = [f"{v:.6f}" for v in pos[-1] + 2.0 * np.array([0, 0, 1.0])]
+    end.SOPInstanceUID = generate_uid()
+    end.save_as(tmp_path / "s" / "end", enforce_file_format=True)
+    data = (tmp_path / "s" / "end").read_bytes()
+    (tmp_path / "s" / "end").write_bytes(data[:-40])
+    (ref,) = discover(tmp_path).scans
+    assert any("incomplete series" in w for w in ref.warnings)
+
+
+def test_siemens_mosaic_is_refused_with_the_conversion_to_use(tmp_path):
+    stored = _stored((12, 12, 3))
+    iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    same = [np.zeros(3)] * 3  # every mosaic file of a run has the same position
+    write_series(tmp_path / "m", stored, same, iop, (1.0, 1.0), image_type=("ORIGINAL", "PRIMARY", "M", "MOSAIC"))
+    found = discover(tmp_path)
+    assert not found.scans
+    assert {s.reason for s in found.skipped} == {dcm.MOSAIC_REASON}
+    assert "Siemens mosaic" in dcm.MOSAIC_REASON and "dcm2niix" in dcm.MOSAIC_REASON
+    from medidiff.io.discover import group_skipped
+
+    assert len(group_skipped(found.skipped)) == 1  # one line for the series, not one per file
+
+
+def _four_d(folder, n_t=2, n_z=4):
+    stored = _stored((10, 8, n_z))
+    iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    pos = regular_positions((0.0, 0.0, 0.0), iop, 2.0, n_z)
+    uid, study = generate_uid(), generate_uid()
+    paths = []
+    for t in range(n_t):
+        ps = write_series(folder, stored + t, pos, iop, (1.0, 1.0), series_uid=uid, study_uid=study,
+                          names=[f"t{t}_z{k}" for k in range(n_z)])
+        for p in ps:
+            ds = pydicom.dcmread(p)
+            ds.TemporalPositionIdentifier = t + 1
+            ds.AcquisitionNumber = t + 1
+            ds.save_as(p, enforce_file_format=True)
+        paths += ps
+    return paths
+
+
+def test_classic_and_enhanced_4d_get_the_same_answer(tmp_path):
+    hd = pytest.importorskip("highdicom")
+    paths = _four_d(tmp_path / "classic")
+    found = discover(tmp_path / "classic")
+    assert not found.scans
+    classic = {s.reason for s in found.skipped}
+    assert len(classic) == 1
+    (reason,) = classic
+    assert "4D series: 2 volumes of 4 slices" in reason and "TemporalPositionIdentifier" in reason
+    assert "dcm2niix" in reason
+    # the same run as one enhanced (legacy-converted) multi-frame object
+    datasets = [pydicom.dcmread(p) for p in paths]
+    for ds in datasets:
+        ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions = "x", "y", "z"
+        ds.StudyDate, ds.StudyTime, ds.SeriesDate, ds.SeriesTime = "20260101", "120000", "20260101", "120000"
+        ds.AcquisitionDate = ds.ContentDate = "20260101"
+        ds.AcquisitionTime = ds.ContentTime = "120000"
+        ds.ReferringPhysicianName, ds.AccessionNumber, ds.StudyID = "", "", "1"
+        ds.PatientBirthDate, ds.PatientSex = "", "O"
+        ds.FrameOfReferenceUID = datasets[0].FrameOfReferenceUID
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "GR", "NONE", "", "3D"
+        ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength, ds.MagneticFieldStrength = 5, 10, 1, 3
+        ds.FlipAngle = 15
+        ds.PositionReferenceIndicator = ""
+    enh = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy_datasets=datasets, series_instance_uid=generate_uid(), series_number=9,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    (tmp_path / "enh").mkdir()
+    enh.save_as(tmp_path / "enh" / "multiframe")
+    found = discover(tmp_path / "enh")
+    assert not found.scans
+    (skip,) = found.skipped
+    assert "4D enhanced object: 2 volumes of 4 slices" in skip.reason and "dcm2niix" in skip.reason

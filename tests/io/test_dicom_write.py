@@ -104,7 +104,7 @@ def test_tags_uids_and_derived(tmp_path):
     assert d1[0].SeriesInstanceUID != d2.SeriesInstanceUID
     assert d1[0].StudyInstanceUID != d2.StudyInstanceUID
     assert [d.InstanceNumber for d in d1] == [1, 2, 3]
-    assert d2.PatientID == "ANON" and str(d2.PatientName) == "Anonymous"
+    assert d2.PatientID == "ANON" and str(d2.PatientName) == "Anonymous^Sample"
     assert d1[0].pixel_array.dtype == np.int16
 
 

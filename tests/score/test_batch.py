@@ -41,11 +41,14 @@ def calibrated_model(tiny_model_dir, mni_small, tmp_path_factory):
     return tiny_model_dir, cal, healthy
 
 
-def test_calibration_hits_target_fpr(calibrated_model, tmp_path):
+def test_calibration_reports_leave_one_out_fpr_and_is_used_by_scoring(calibrated_model, tmp_path):
     model_dir, cal, healthy = calibrated_model
-    assert cal.n_scans == 6
-    assert abs(cal.achieved_voxel_fpr - 0.01) < 0.005  # leave-one-out, on the calibration maps
-    assert cal.achieved_scan_fpr <= 0.2 + 1e-9
+    assert cal.n_scans == 6 and len(cal.voxel_fpr_per_scan) == 6
+    assert cal.achieved_scan_fpr == pytest.approx(cal.n_false_positive_scans / 6)
+    lo, hi = cal.achieved_scan_fpr_ci95
+    assert lo <= cal.achieved_scan_fpr <= hi
+    assert cal.achieved_voxel_fpr == pytest.approx(np.mean(cal.voxel_fpr_per_scan), rel=0.05)
+    assert cal.runtime["precision"] in ("bf16", "fp32") and cal.grid == [16, 16, 16]
     loaded = Calibration.load(model_dir)
     assert loaded.voxel_threshold == pytest.approx(cal.voxel_threshold)
     assert loaded.stats is not None and loaded.stats.mean.shape == (16, 16, 16)
@@ -54,6 +57,31 @@ def test_calibration_hits_target_fpr(calibrated_model, tmp_path):
     df = pd.read_csv(tmp_path / "out" / "scores.csv")
     assert summary.n_scored == 6 and (df.status == "ok").all()
     assert df.flag.astype(bool).mean() <= 0.2 + 1 / 6
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["calibration"]["achieved_scan_fpr_ci95"] == cal.achieved_scan_fpr_ci95
+
+
+def test_calibrate_cli_prints_what_was_computed(tiny_model_dir, mni_small, tmp_path):
+    import shutil
+
+    data, affine = mni_small
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    for name in ("calibration.json", "calibration.safetensors"):
+        (model / name).unlink(missing_ok=True)
+    _write_cohort(tmp_path / "healthy", data, affine, kinds=("RAS", "LPS", "permuted"))
+    res = runner.invoke(app, ["calibrate", "--model", str(model), "--healthy", str(tmp_path / "healthy"),
+                              "--no-progress", *sum((["--set", s] for s in FAST), [])])
+    assert res.exit_code == 0, res.output
+    assert "calibrated on 3 healthy scans" in res.output and "leave-one-out achieved" in res.output
+    assert "95% CI" in res.output and "at least 20" in res.output  # 3 scans for a 5 % scan threshold
+    # a deleted calibration tensor file is refused with what to do, not silently ignored
+    (model / "calibration.safetensors").unlink()
+    _write_cohort(tmp_path / "in", data, affine, kinds=("RAS",))
+    res = runner.invoke(app, ["score", "--model", str(model), "--input", str(tmp_path / "in"), "--out",
+                              str(tmp_path / "out"), "--no-progress", "--no-report"])
+    assert res.exit_code == 2
+    assert "calibration.safetensors: missing" in res.output and "medidiff calibrate" in res.output
 
 
 def test_maps_on_source_grid_for_every_orientation(calibrated_model, mni_small, tmp_path):
@@ -159,3 +187,33 @@ def test_dicom_input_gets_seg_and_parametric_map(calibrated_model, mni_small, tm
         np.testing.assert_allclose(frames[f].T, amap[:, :, k], rtol=1e-4, atol=1e-5)
     assert result["shape"] == list(stored.shape)
     assert "Doe" not in (scan_dir / "result.json").read_text()
+
+
+def test_refinement_is_calibrated_with_the_rule_it_scores_with(tiny_model_dir, mni_small, tmp_path, monkeypatch):
+    import shutil
+
+    from medidiff.score.pipeline import Scorer
+
+    data, affine = mni_small
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    _write_cohort(tmp_path / "healthy", data, affine, kinds=("RAS", "LPS", "permuted"))
+    _write_cohort(tmp_path / "in", data, affine, kinds=("oblique",), seed=5)
+    seen = []
+    original = Scorer.refine
+
+    def spy(self, mg, first_map, hole_threshold, seed=None):
+        seen.append(hole_threshold)
+        return original(self, mg, first_map, hole_threshold, seed)
+
+    monkeypatch.setattr(Scorer, "refine", spy)
+    ov = FAST + ("score.refine=true", "score.voxel_fpr=0.05")
+    cal = calibrate_model(model, tmp_path / "healthy", overrides=ov, progress=False, log=lambda m: None)
+    assert cal.refine_voxel_threshold is not None and cal.refine_stats is not None
+    assert seen == [cal.refine_voxel_threshold] * 3  # calibration: holes = first pass above its calibrated threshold
+    seen.clear()
+    summary = score_folder(model, tmp_path / "in", tmp_path / "out", progress=False, log=lambda m: None)
+    assert summary.n_scored == 1
+    assert seen == [cal.refine_voxel_threshold]  # scoring: the same rule, the same threshold
+    loaded = Calibration.load(model)
+    np.testing.assert_array_equal(loaded.refine_stats.mean, cal.refine_stats.mean)

@@ -10,7 +10,7 @@ from medidiff.model.diffusion import add_noise, predict_x0
 from medidiff.model.noise import make_noise
 from medidiff.score.config import ScoreConfig
 from medidiff.score.maps import NormStats, scan_score
-from medidiff.score.reconstruct import Reconstructor, ddim_timesteps
+from medidiff.score.reconstruct import FIRST_PASS, Reconstructor, ddim_timesteps, draw_generator
 from medidiff.train.checkpoint import load_model
 
 
@@ -31,8 +31,8 @@ def test_ddim_timesteps():
 def test_single_step_equals_x0_prediction(loaded):
     cfg = ScoreConfig(t_fractions=(0.2,), steps=1, n_draws=1, precision="fp32", seed=7)
     rec = Reconstructor(loaded, cfg).reconstruct(_image())
-    # recompute by hand with the same generator stream
-    gen = torch.Generator().manual_seed(7)
+    # recompute by hand with the same generator (draw 0 of the first pass, seed 7)
+    gen = draw_generator(7, FIRST_PASS, 0)
     x0 = torch.from_numpy(_image())[None, None]
     sched = loaded.scheduler_factory("ddim")
     noise = make_noise(loaded.config.diffusion.noise, tuple(x0.shape), gen, "cpu")
@@ -46,15 +46,49 @@ def test_single_step_equals_x0_prediction(loaded):
 
 
 @pytest.mark.parametrize("steps,levels,draws", [(1, (0.1,), 3), (4, (0.1, 0.3), 2)])
-def test_evaluation_count_and_batching_invariance(loaded, steps, levels, draws):
-    cfg = ScoreConfig(t_fractions=levels, steps=steps, n_draws=draws, batch_size=16, precision="fp32")
-    big = Reconstructor(loaded, cfg).reconstruct(_image())
-    assert big.n_evals == steps * len(levels) * draws
-    small_cfg = ScoreConfig(t_fractions=levels, steps=steps, n_draws=draws, batch_size=1, precision="fp32")
-    small = Reconstructor(loaded, small_cfg).reconstruct(_image())
-    # the noise stream is drawn per batch, so batch size changes draws but not the estimate's scale
-    assert small.n_evals == big.n_evals
-    assert np.isfinite(big.mean).all() and big.mean.shape == (16, 16, 16)
+def test_batch_size_never_changes_the_map(loaded, steps, levels, draws):
+    maps = {}
+    for bs in (1, 3, 8):
+        cfg = ScoreConfig(t_fractions=levels, steps=steps, n_draws=draws, batch_size=bs, precision="fp32")
+        rec = Reconstructor(loaded, cfg).reconstruct(_image())
+        assert rec.n_evals == steps * len(levels) * draws
+        maps[bs] = rec.mean
+    # every draw has its own generator: batching changes speed, never results
+    np.testing.assert_allclose(maps[1], maps[8], atol=1e-5)
+    np.testing.assert_allclose(maps[3], maps[8], atol=1e-5)
+    # ...and the draws really differ from each other (otherwise the check above proves nothing)
+    one = Reconstructor(loaded, ScoreConfig(t_fractions=levels, steps=steps, n_draws=1, precision="fp32"))
+    assert not np.allclose(one.reconstruct(_image()).mean, maps[8], atol=1e-3)
+    assert ScoreConfig(batch_size=1).hash() == ScoreConfig(batch_size=8).hash()
+
+
+def test_training_noise_parameters_are_used_and_hashed(loaded):
+    import copy
+
+    cfg = ScoreConfig(t_fractions=(0.3,), steps=1, n_draws=1, precision="fp32")
+    results, hashes = [], []
+    for factor in (2, 8):
+        other = copy.copy(loaded)
+        other.config = copy.deepcopy(loaded.config)
+        other.config.diffusion.noise = "coarse"
+        other.config.diffusion.noise_params = {"factor": factor}
+        rec = Reconstructor(other, cfg)
+        assert rec.runtime_settings()["noise_params"] == {"factor": factor}
+        results.append(rec.reconstruct(_image()).mean)
+        hashes.append(cfg.hash(rec.runtime_settings()))
+    assert not np.allclose(results[0], results[1], atol=1e-3)
+    assert hashes[0] != hashes[1]
+
+
+def test_precision_is_hashed_as_resolved(loaded):
+    from medidiff.runtime import resolve_precision
+
+    auto = Reconstructor(loaded, ScoreConfig(precision="auto")).runtime_settings()
+    assert auto["precision"] == resolve_precision("auto", loaded.device) and auto["device"] == "cpu"
+    # the same "auto" setting resolved differently (a bf16 CPU vs an fp32 one, or CUDA) is another setting
+    cfg = ScoreConfig(precision="auto")
+    assert cfg.hash(dict(auto, precision="bf16")) != cfg.hash(dict(auto, precision="fp32"))
+    assert cfg.hash(dict(auto, device="cuda")) != cfg.hash(dict(auto, device="cpu"))
 
 
 def test_low_t_reconstruction_stays_close(loaded):

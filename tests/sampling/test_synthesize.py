@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medidiff.synthesize.run import SynthConflict, SynthOptions, is_anomalous, synthesize_run
-from medidiff.synthesize.sampler import SamplerConfig, sampling_timesteps
+from medidiff.sampling.run import SynthConflict, SynthOptions, is_anomalous, synthesize_run
+from medidiff.sampling.sampler import SamplerConfig, sampling_timesteps
 
 STEPS = 4
 
@@ -84,7 +84,7 @@ def _oracle_loaded(mu, s):
 def test_sampler_matches_gaussian_oracle(sampler):
     """With the exact score of Gaussian data, samples must have the data's mean and std
     (up to step discretisation), and temperature 0.5 must roughly halve the spread."""
-    from medidiff.synthesize.sampler import Sampler
+    from medidiff.sampling.sampler import Sampler
 
     loaded = _oracle_loaded(0.5, 0.2)
     cfg = dict(sampler=sampler, steps=50, clip_x0=(), precision="fp32", batch_size=2)
@@ -164,7 +164,7 @@ def test_dicom_readable_synthetic_and_consistent(batch_run):
 def test_memorization_flags_exact_copy(tiny_model_dir, scans_dir):
     from medidiff.io.nifti import read_nifti
     from medidiff.preprocess import preprocess
-    from medidiff.synthesize.quality import load_preprocessed, memorization
+    from medidiff.sampling.quality import load_preprocessed, memorization
     from medidiff.train.checkpoint import load_model
 
     cfg = load_model(tiny_model_dir).preprocess_config
@@ -196,7 +196,7 @@ def test_rerun_regenerates_only_missing(batch_run, tiny_model_dir):
 
 
 def test_interrupted_run_keeps_completed_samples(tiny_model_dir, tmp_path, monkeypatch):
-    from medidiff.synthesize import sampler as sampler_mod
+    from medidiff.sampling import sampler as sampler_mod
 
     real = sampler_mod.Sampler.sample
     calls = []

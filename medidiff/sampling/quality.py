@@ -43,7 +43,7 @@ MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 def foreground(image: np.ndarray) -> np.ndarray:
     """Brain/body mask of a model-grid image (same estimator the anomaly inserter uses)."""
-    from ..synth.anomalies import estimate_brain_mask
+    from ..lesions.anomalies import estimate_brain_mask
 
     img = np.asarray(image, dtype=np.float32)
     if not np.isfinite(img).all() or float(img.max() - img.min()) <= 0:

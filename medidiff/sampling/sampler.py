@@ -42,8 +42,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..model.diffusion import predict_eps, predict_x0
-from ..model.noise import make_noise
+from ..model.diffusion import ddim_step, predict_eps, predict_x0
+from ..model.noise import per_item_noise
 
 SAMPLERS = ("ddim", "ddpm")
 SPACINGS = ("quadratic", "linear")
@@ -109,14 +109,6 @@ def sampling_timesteps(num_train_timesteps: int, steps: int, spacing: str = "qua
     return [int(t) for t in ts]
 
 
-def _noise(kind: str, shape: tuple[int, ...], generators: Sequence[torch.Generator], device,
-           params: dict | None = None) -> torch.Tensor:
-    """One draw per sample from its own generator, stacked: batch-independent noise."""
-    params = params or {}
-    parts = [make_noise(kind, (1, *shape[1:]), g, None, **params) for g in generators]
-    return torch.cat(parts, dim=0).to(device)
-
-
 class Sampler:
     """Generate model-grid volumes (float32, model units) from per-sample seeds."""
 
@@ -150,7 +142,7 @@ class Sampler:
         shape = (b, self.in_channels, *self.grid)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         tau = float(cfg.temperature)
-        x = tau * _noise(self.noise_kind, shape, gens, self.device, self.noise_params)
+        x = tau * per_item_noise(self.noise_kind, shape, gens, self.device, **self.noise_params)
         ts = self.timesteps
         clip = cfg.clip_x0
         eta = float(cfg.eta)
@@ -166,16 +158,10 @@ class Sampler:
             # eps consistent with the (clipped) x0 estimate
             eps = (x - (a_t ** 0.5) * x0) / max(1.0 - a_t, 1e-12) ** 0.5 if clip else \
                 predict_eps(out, x, t_vec, self.scheduler, self.prediction_type)
-            if i + 1 < len(ts):
-                a_s = float(self.acp[ts[i + 1]])
-                sigma = eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * max(0.0, 1 - a_t / a_s) ** 0.5
-                dir_coef = max(0.0, 1 - a_s - sigma ** 2) ** 0.5
-                x = (a_s ** 0.5) * x0 + dir_coef * eps
-                if sigma > 0:
-                    z = _noise(self.noise_kind, shape, gens, self.device, self.noise_params)
-                    x = x + (tau * sigma) * z
-            else:
-                x = x0  # abar at t = -1 is 1: the final sample is the last x0 estimate
+            # abar at t = -1 is 1: the final update returns the last x0 estimate
+            a_s = float(self.acp[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+            x = ddim_step(x0, eps, a_t, a_s, eta, noise_fn=lambda: tau * per_item_noise(
+                self.noise_kind, shape, gens, self.device, **self.noise_params))
             if on_step is not None:
                 on_step(i + 1)
         return x[:, 0].float().cpu().numpy().astype(np.float32)

@@ -1,4 +1,4 @@
-"""Synthetic anomalies for validation sets: see :mod:`medidiff.synth.anomalies`."""
+"""Synthetic anomalies for validation sets: see :mod:`medidiff.lesions.anomalies`."""
 
 from .anomalies import (
     DEFAULT_DIAMETER_MM,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from medidiff.synth import KINDS, insert_anomalies_volume, insert_anomaly, insert_random_anomalies
+from medidiff.lesions import KINDS, insert_anomalies_volume, insert_anomaly, insert_random_anomalies
 from medidiff.volume import Volume
 
 

@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..io.atomic import write_text_atomic
+from ..jsonutil import json_default as _json_default
 from .sampler import SamplerConfig
 
 PREFIX = "synth"
@@ -140,18 +141,6 @@ def plan(opts: SynthOptions) -> list[tuple[int, int]]:
     return pairs
 
 
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (Path,)):
-        return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o).__name__)
 
 
 def _dump(obj) -> str:
@@ -287,7 +276,7 @@ def _finish_sample(out: Path, image: np.ndarray, index: int, seed: int, settings
         rec["split"] = opts.split
         rec["label"] = 0
         if is_anomalous(index, opts.anomaly_fraction):
-            from ..synth.anomalies import KINDS, insert_anomalies, insert_random_anomalies
+            from ..lesions.anomalies import KINDS, insert_anomalies, insert_random_anomalies
 
             brain, how = _brain_mask(image)
             rng = np.random.default_rng([int(seed), 0xA11])  # anomaly stream: independent of the sampling noise
@@ -316,7 +305,7 @@ def _finish_sample(out: Path, image: np.ndarray, index: int, seed: int, settings
 # ----------------------------------------------------------------------------- entry point
 
 def _settings(loaded, scfg: SamplerConfig, opts: SynthOptions, precision: str) -> dict[str, Any]:
-    from ..synth.anomalies import KINDS
+    from ..lesions.anomalies import KINDS
 
     return {
         "model_hash": loaded.model_hash,
@@ -348,7 +337,7 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
     if not 0 <= float(opts.anomaly_fraction) <= 1:
         raise ValueError(f"anomaly fraction must be in [0, 1], got {opts.anomaly_fraction}")
     if opts.anomaly_kinds:
-        from ..synth.anomalies import KINDS
+        from ..lesions.anomalies import KINDS
 
         bad = [k for k in opts.anomaly_kinds if k not in KINDS]
         if bad:
