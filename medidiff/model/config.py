@@ -107,6 +107,11 @@ class AugmentConfig:
     shift: int = 2  # random translation in voxels (roll of zero-padded background), 0 = off
     flip_lr: bool = False  # left-right flips are OFF by default (asymmetric anatomy/laterality)
     probability: float = 0.8
+    # anatomy-like variation, so a model that sees few subjects does not learn one brain:
+    elastic: float = 0.0  # max smooth displacement in voxels (moves sulci and ventricles); 0 = off
+    elastic_points: int = 5  # control points per axis of the random displacement field
+    sharpness: float = 0.0  # U(-s, s): < 0 blurs, > 0 sharpens (unsharp mask), sigma 1 voxel
+    contrast_curve: float = 0.0  # random monotone intensity curve (tissue contrast, vendor/sequence)
 
     def validate(self) -> list[str]:
         errs = []
@@ -117,6 +122,10 @@ class AugmentConfig:
             errs.append("train.augment.probability must be in [0, 1]")
         if self.shift < 0:
             errs.append("train.augment.shift must be >= 0")
+        if self.elastic < 0 or self.elastic_points < 2:
+            errs.append("train.augment.elastic must be >= 0 and elastic_points >= 2")
+        if not 0 <= self.sharpness <= 1 or not 0 <= self.contrast_curve < 0.5:
+            errs.append("train.augment.sharpness must be in [0, 1] and contrast_curve in [0, 0.5)")
         return errs
 
 

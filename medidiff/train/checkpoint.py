@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import numpy as np
 import torch
 
@@ -36,6 +38,7 @@ STATE_FILE = "train_state.safetensors"
 STATE_META_FILE = "train_state.json"
 FORMAT = "medidiff-model"
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
 
@@ -121,12 +124,21 @@ def save_model(run_dir: str | Path, ema_state: dict[str, torch.Tensor], config: 
         **metadata,
         "config": config.to_dict(),
         "preprocess": config.preprocess.to_dict(),
+        "frontend": _frontend_fingerprint(config.preprocess),
         "diffusion": config.to_dict()["diffusion"],
         "model_hash": digest,
         "weights": {"ema": True, "raw": raw_state is not None},
     }
     write_text_atomic(run_dir / META_FILE, json.dumps(meta, indent=2, default=_json_default) + "\n")
     return digest
+
+
+def _frontend_fingerprint(pcfg: PreprocessConfig) -> dict[str, Any] | None:
+    if pcfg.space != "template":
+        return None
+    from ..frontend.config import fingerprint
+
+    return fingerprint(pcfg.frontend_config())
 
 
 def _json_default(o):
@@ -193,6 +205,14 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
         raise CheckpointError(f"{run_dir / META_FILE}: bad config ({exc})") from exc
     tensors = _load_tensors(wpath)
     _check_config_matches_weights(wpath, config)
+    if config.preprocess.space == "template":
+        from ..frontend.config import check_reproducible
+
+        try:
+            for w in check_reproducible(meta.get("frontend"), config.preprocess.frontend_config()):
+                log.warning("%s: %s", run_dir, w)
+        except ValueError as exc:
+            raise CheckpointError(f"{run_dir / META_FILE}: {exc}") from exc
     prefix = f"{weights}."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
