@@ -22,6 +22,7 @@ class FrontEndConfig:
     # deepbet: whole-head MRI; skull_stripped: foreground by Otsu; ct_hu: brain from Hounsfield units
     brain: str = "auto"
     bias: str = "n4"  # N4 inside the brain mask (MRI only; ignored for CT)
+    n4_iterations: tuple[int, ...] = (30, 20, 10)  # per fitting level, on a 4 mm copy
     # affine: rigid then 12-parameter affine to the template (Mattes MI, multi-resolution);
     # none: the input is already in template (MNI) space
     registration: str = "affine"
@@ -29,7 +30,9 @@ class FrontEndConfig:
     # quality control: a scan outside these limits is reported as failed, never scored
     min_brain_ml: float = 900.0
     max_brain_ml: float = 2100.0
-    min_similarity: float = 0.6  # NCC of the registered brain with the template, inside the template brain
+    # NCC of the registered brain with the template inside the template brain: real healthy T1s measured
+    # 0.66-0.70, skull-stripped template warps 0.92-0.95; a phantom or a failed registration falls far below
+    min_similarity: float = 0.45
     min_inside_fraction: float = 0.97  # share of the scan's brain that lands inside the model grid
 
     def __post_init__(self) -> None:

@@ -90,7 +90,7 @@ def run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str = "mri",
     t0 = time.perf_counter()
     log_bias = None
     if cfg.bias == "n4" and modality == "mri":
-        log_bias = n4_log_field(image, mask, work_aff)
+        log_bias = n4_log_field(image, mask, work_aff, iterations=tuple(cfg.n4_iterations))
         image = image / np.exp(log_bias)
     secs["bias"] = time.perf_counter() - t0
     stripped = np.where(mask, image, 0.0).astype(np.float32)
