@@ -29,7 +29,7 @@ import torch
 from ..io.atomic import atomic_path, write_text_atomic
 from ..model.config import Config, ConfigError
 from ..model.diffusion import SchedulerFactory
-from ..model.network import build_network
+from ..model.network import as_grid_denoiser, build_network
 from ..preprocess import PreprocessConfig
 
 MODEL_FILE = "model.safetensors"
@@ -226,6 +226,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
     net.to(dev).eval()
     for p in net.parameters():
         p.requires_grad_(False)
+    net = as_grid_denoiser(net, config.model, config.preprocess.grid).to(dev)
     return LoadedModel(network=net, config=config, preprocess_config=config.preprocess,
                        scheduler_factory=SchedulerFactory(config.diffusion), model_hash=actual,
                        metadata=meta, run_dir=run_dir, device=dev)

@@ -282,14 +282,27 @@ def _shift(x: np.ndarray, shifts: Sequence[int]) -> np.ndarray:
 
 
 def make_batch(data: PreparedData, step: int, batch_size: int, rank: int, world: int, seed: int,
-               aug: AugmentConfig | None) -> np.ndarray:
-    """(B, 1, D, H, W) float32 batch for this step/rank."""
+               aug: AugmentConfig | None, patch: Sequence[int] | None = None,
+               foreground_bias: float = 0.9) -> np.ndarray:
+    """(B, 1, D, H, W) float32 batch for this step/rank.
+
+    Patch models: (B, 1 + 3, *patch) — a random patch of each (augmented) scan followed by
+    its three coordinate channels (the patch's location on the model grid)."""
+    from ..model.patches import coordinate_grid, crop, draw_patch_origin
+
     idx = sample_indices(step, len(data), batch_size, rank, world, seed)
+    coords = coordinate_grid(data.images.shape[1:]) if patch is not None else None
     out = []
     for j, i in enumerate(idx):
         img = data.images[i]
         if aug is not None:
             rng = np.random.default_rng([int(seed), int(step), int(rank), j, 0xA6])
             img = augment(img, data.foregrounds[i], aug, rng)
+        if patch is not None:
+            prng = np.random.default_rng([int(seed), int(step), int(rank), j, 0xB7])
+            origin = draw_patch_origin(data.foregrounds[i], patch, prng, foreground_bias)
+            img = np.concatenate([crop(img, origin, patch)[None], crop(coords, origin, patch)], axis=0)
+        else:
+            img = img[None]
         out.append(img)
-    return np.stack(out)[:, None].astype(np.float32, copy=False)
+    return np.stack(out).astype(np.float32, copy=False)
