@@ -159,3 +159,31 @@ def test_real_whole_head_mri_deepbet_n4_and_registration():
     head = vol.array > 0.15 * np.percentile(vol.array, 99)
     assert fe.brain_source.sum() < 0.6 * head.sum()
     assert fe.log_bias is not None and np.isfinite(fe.log_bias).all()
+
+
+def test_model_records_its_front_end_and_refuses_one_it_cannot_reproduce(tmp_path):
+    import json
+
+
+
+    from medidiff.model.config import load_config
+    from medidiff.model.network import build_network
+    from medidiff.train.checkpoint import CheckpointError, load_model, save_model
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "tiny.yaml", ["preprocess.space=template", "preprocess.intensity=wm_median"])
+    net = build_network(cfg.model)
+    save_model(tmp_path, {k: v.clone() for k, v in net.state_dict().items()}, cfg, metadata={})
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["frontend"]["template_sha256"] == load_template().sha256
+    assert meta["frontend"]["settings"]["brain"] == "auto" and meta["frontend"]["deepbet"]
+    assert load_model(tmp_path).preprocess_config.space == "template"
+    meta["frontend"]["template_sha256"] = "0" * 64  # a model made on another template
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="template .* differs"):
+        load_model(tmp_path)
+    del meta["frontend"]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="records no front end"):
+        load_model(tmp_path)
+
