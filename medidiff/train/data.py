@@ -235,7 +235,7 @@ def elastic_warp(x: np.ndarray, coarse: np.ndarray, max_voxels: float) -> np.nda
 
     scale = max_voxels / max(float(np.abs(coarse).max()), 1e-6)
     zoom = [n / c for n, c in zip(x.shape, coarse.shape[1:])]
-    disp = [ndimage.zoom(c * scale, zoom, order=3, mode="nearest")[: x.shape[0], : x.shape[1], : x.shape[2]]
+    disp = [ndimage.zoom(c * scale, zoom, order=1, mode="nearest", grid_mode=True)[: x.shape[0], : x.shape[1], : x.shape[2]]
             for c in coarse]
     grid = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in x.shape], indexing="ij", sparse=True)
     coords = [g + d for g, d in zip(grid, disp)]
