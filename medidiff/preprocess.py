@@ -31,6 +31,9 @@ from .volume import Volume
 
 MODALITIES = ("mri", "ct")
 FOREGROUND_MODES = ("otsu", "threshold", "none")
+SPACES = ("scan", "template")
+INTENSITY_MODES = ("percentile", "wm_median")
+WM_LEVEL = 0.8  # wm_median: the white-matter median maps here (headroom above it: nothing is clipped)
 
 
 @dataclass
@@ -43,19 +46,34 @@ class PreprocessConfig:
     threshold: float = 0.0
     percentiles: tuple[float, float] = (0.5, 99.5)
     # MRI: subtract the low percentile before scaling? Default off: MRI zero means "no signal" and
-    # x / p_high inside the brain mask is what measured best (REFERENCE.md); the low percentile is
+    # x / p_high inside the brain mask is what measured best here; the low percentile is
     # still recorded in ``intensity`` for inspection.
     subtract_low: bool = False
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
     order: int = 1  # spline order of the single resampling (1 or 3)
     antialias: bool = True
+    # "template": the real-scan front end (medidiff.frontend: brain extraction, N4, registration)
+    # puts the model grid in MNI152 template space; "scan": the grid is centred on the scan's
+    # own foreground (inputs that are already skull-stripped and roughly aligned).
+    space: str = "scan"
+    frontend: dict[str, Any] | None = None  # medidiff.frontend.FrontEndConfig fields (space == "template")
+    # "percentile": x / p_high inside the foreground; "wm_median": x / median of white matter
+    # (template WM map inside the brain) — a lesion cannot move it, unlike p99.5
+    intensity: str = "percentile"
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
         self.grid = tuple(int(g) for g in self.grid)  # type: ignore[assignment]
         self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
         self.ct_window = tuple(float(w) for w in self.ct_window)  # type: ignore[assignment]
+        if self.space == "template":
+            self.frontend = self.frontend_config().to_dict()  # fills defaults, refuses unknown keys
         self.validate()
+
+    def frontend_config(self):
+        from .frontend import FrontEndConfig
+
+        return FrontEndConfig.from_dict(self.frontend)
 
     def validate(self) -> None:
         errs = []
@@ -71,6 +89,14 @@ class PreprocessConfig:
             errs.append(f"preprocess.percentiles must be [low, high] with 0 <= low < high <= 100, got {list(self.percentiles)}")
         if len(self.ct_window) != 2 or not self.ct_window[0] < self.ct_window[1]:
             errs.append(f"preprocess.ct_window must be [low, high] HU with low < high, got {list(self.ct_window)}")
+        if self.space not in SPACES:
+            errs.append(f"preprocess.space must be one of {SPACES}, got {self.space!r}")
+        if self.intensity not in INTENSITY_MODES:
+            errs.append(f"preprocess.intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
+        if self.intensity == "wm_median" and self.space != "template":
+            errs.append("preprocess.intensity=wm_median needs preprocess.space=template (it uses the template WM map)")
+        if self.frontend is not None and self.space != "template":
+            errs.append("preprocess.frontend is only used with preprocess.space=template")
         if self.order not in (0, 1, 3):
             errs.append(f"preprocess.order must be 0, 1 or 3, got {self.order}")
         if errs:
@@ -187,10 +213,19 @@ class Preprocessed:
     foreground: np.ndarray  # bool, model grid
     mapping: GridMapping
     intensity: dict[str, Any] = field(default_factory=dict)
+    brain_source: np.ndarray | None = None  # bool brain mask on the scan's grid (front end only)
+    qc: dict[str, Any] = field(default_factory=dict)  # front-end quality numbers (brain ml, similarity, ...)
 
     def denormalize(self, model_array: np.ndarray) -> np.ndarray:
         """Undo the intensity normalisation (model units → source units)."""
         return denormalize(model_array, self.intensity)
+
+    @property
+    def source_maps(self) -> dict[str, np.ndarray]:
+        """Source-grid arrays the result writes beside the anomaly map (front end: the brain mask)."""
+        if self.brain_source is None:
+            return {}
+        return {"brain_mask": self.brain_source.astype(np.uint8)}
 
 
 # ----------------------------------------------------------------------------- foreground
@@ -287,6 +322,8 @@ def make_mapping(volume: Volume, cfg: PreprocessConfig, src_fg: np.ndarray | Non
 
 def preprocess(volume: Volume, cfg: PreprocessConfig) -> Preprocessed:
     """Volume (any orientation) → model-grid image, foreground, mapping, intensity parameters."""
+    if cfg.space == "template":
+        return preprocess_template(volume, cfg)
     src = np.asarray(volume.array, dtype=np.float32)
     src_fg = source_foreground(src, cfg)
     mapping = make_mapping(volume, cfg, src_fg)
@@ -298,3 +335,66 @@ def preprocess(volume: Volume, cfg: PreprocessConfig) -> Preprocessed:
         fg = mapping.to_model(src_fg.astype(np.float32), order=1, fill=0.0, antialias=cfg.antialias) > 0.5
     image, info = normalize(image, fg, cfg)
     return Preprocessed(image=image, foreground=fg, mapping=mapping, intensity=info)
+
+
+# ----------------------------------------------------------------------------- template space
+
+def wm_median_normalize(image: np.ndarray, fg: np.ndarray, wm_prob: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scale so the median of white matter (template WM probability > 0.9, inside the brain) is WM_LEVEL."""
+    wm = fg & (wm_prob > 0.9)
+    vals = image[wm] if wm.sum() >= 100 else image[fg]
+    med = float(np.median(vals)) if vals.size else 0.0
+    if not med > 0:
+        med = float(np.max(image)) or 1.0
+    high = med / WM_LEVEL
+    out = np.where(fg, image / high, 0.0).astype(np.float32)
+    return out, {"kind": "wm_median", "low": 0.0, "high": high, "wm_median": med, "wm_level": WM_LEVEL}
+
+
+def _template_on_grid(cfg: PreprocessConfig):
+    """Template arrays (brain, WM probability) on the model lattice; pure template space, cached."""
+    key = (cfg.frontend_config().template, cfg.spacing, cfg.grid)
+    if key not in _TEMPLATE_GRID_CACHE:
+        from .frontend import load_template, template_grid_affine
+
+        tpl = load_template(key[0])
+        aff = template_grid_affine(cfg.spacing, cfg.grid, tpl)
+        wm = resample(tpl.wm, tpl.affine, aff, cfg.grid, order=1)
+        t1 = resample(tpl.t1, tpl.affine, aff, cfg.grid, order=1)
+        _TEMPLATE_GRID_CACHE[key] = (aff, wm, t1)
+    return _TEMPLATE_GRID_CACHE[key]
+
+
+_TEMPLATE_GRID_CACHE: dict = {}
+
+
+def preprocess_template(volume: Volume, cfg: PreprocessConfig) -> Preprocessed:
+    """Front end (brain, N4, registration, QC), then ONE resampling onto the template-space grid.
+
+    The model lattice is fixed in MNI space; pulled back through the registration it becomes
+    an (oblique, scaled) lattice in the scan's own world, so ``GridMapping`` resamples either
+    way exactly as for scan-space models."""
+    from .frontend import run_frontend
+    from .frontend.qc import check_inside, inside_fraction
+    from .frontend.run import source_label
+
+    fcfg = cfg.frontend_config()
+    fe = run_frontend(volume, fcfg, cfg.modality)
+    grid_affine, wm_prob, _ = _template_on_grid(cfg)
+    mapping = GridMapping(volume.shape, volume.affine, cfg.grid, fe.template_to_scan @ grid_affine)
+    inside = inside_fraction(fe.brain_source, volume.affine, mapping.model_affine, cfg.grid)
+    check_inside(inside, fcfg, source_label(volume))
+    fill = float(cfg.ct_window[0]) if cfg.modality == "ct" else 0.0
+    image = mapping.to_model(np.asarray(volume.array, dtype=np.float32), order=cfg.order, fill=fill,
+                             antialias=cfg.antialias)
+    if fe.log_bias is not None:
+        image = image / fe.bias_factor_on(mapping.model_affine, cfg.grid)
+    fg = mapping.to_model(fe.brain_source.astype(np.float32), order=1, fill=0.0, antialias=cfg.antialias) > 0.5
+    if cfg.intensity == "wm_median" and cfg.modality == "mri":
+        image, info = wm_median_normalize(image, fg, wm_prob)
+    else:
+        image, info = normalize(image, fg, cfg)
+    qc = dict(fe.qc, brain_inside_grid=round(inside, 4),
+              frontend_seconds={k: round(v, 2) for k, v in fe.seconds.items()})
+    return Preprocessed(image=image, foreground=fg, mapping=mapping, intensity=info,
+                        brain_source=fe.brain_source, qc=qc)

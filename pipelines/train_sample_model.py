@@ -123,7 +123,7 @@ def ship(run_dir: Path) -> str:
     tensors = load_file(str(run_dir / "model.safetensors"))
     ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
     keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "medidiff_version", "torch_version",
-                                                       "config", "preprocess", "diffusion", "model_hash", "weights")}
+                                                       "config", "preprocess", "frontend", "diffusion", "model_hash", "weights")}
     return save_model(run_dir, ema, Config.from_dict(meta["config"]), keep)
 
 

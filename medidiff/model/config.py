@@ -38,8 +38,16 @@ class ModelConfig:
     num_head_channels: int | None = None  # None -> one head (= channels[-1]) in the forced middle block
     use_flash_attention: bool = True
     resblock_updown: bool = False
+    # Patch-based model: trained on random patches of this size (voxels) that carry their
+    # location as 3 coordinate channels; applied to the whole grid by Gaussian-blended sliding
+    # windows (medidiff.model.patches). None = the network sees the whole grid.
+    patch_size: tuple[int, int, int] | None = None
+    patch_overlap: float = 0.25  # sliding-window overlap at inference
+    patch_foreground_bias: float = 0.9  # share of training patches centred on a foreground voxel
 
     def __post_init__(self):
+        if self.patch_size is not None:
+            self.patch_size = tuple(int(p) for p in _tuple(self.patch_size))  # type: ignore[assignment]
         self.channels = tuple(int(c) for c in _tuple(self.channels))
         if self.attention_levels is None:
             self.attention_levels = tuple(False for _ in self.channels)
@@ -64,6 +72,12 @@ class ModelConfig:
                         f"{len(self.channels)}; they must match")
         if isinstance(self.num_res_blocks, tuple) and len(self.num_res_blocks) != len(self.channels):
             errs.append(f"model.num_res_blocks has {len(self.num_res_blocks)} entries, model.channels {len(self.channels)}")
+        if self.patch_size is not None:
+            div = 2 ** (len(self.channels) - 1)
+            if len(self.patch_size) != 3 or any(p < div or p % div for p in self.patch_size):
+                errs.append(f"model.patch_size must be 3 sizes divisible by {div}, got {list(self.patch_size)}")
+            if not 0 <= self.patch_overlap < 1 or not 0 <= self.patch_foreground_bias <= 1:
+                errs.append("model.patch_overlap must be in [0, 1) and patch_foreground_bias in [0, 1]")
         attn_ch = [c for c, a in zip(self.channels, self.attention_levels) if a] + [self.channels[-1]]
         bad = [c for c in attn_ch if c % int(self.num_head_channels)]
         if bad:
@@ -107,6 +121,11 @@ class AugmentConfig:
     shift: int = 2  # random translation in voxels (roll of zero-padded background), 0 = off
     flip_lr: bool = False  # left-right flips are OFF by default (asymmetric anatomy/laterality)
     probability: float = 0.8
+    # anatomy-like variation, so a model that sees few subjects does not learn one brain:
+    elastic: float = 0.0  # max smooth displacement in voxels (moves sulci and ventricles); 0 = off
+    elastic_points: int = 5  # control points per axis of the random displacement field
+    sharpness: float = 0.0  # U(-s, s): < 0 blurs, > 0 sharpens (unsharp mask), sigma 1 voxel
+    contrast_curve: float = 0.0  # random monotone intensity curve (tissue contrast, vendor/sequence)
 
     def validate(self) -> list[str]:
         errs = []
@@ -117,6 +136,10 @@ class AugmentConfig:
             errs.append("train.augment.probability must be in [0, 1]")
         if self.shift < 0:
             errs.append("train.augment.shift must be >= 0")
+        if self.elastic < 0 or self.elastic_points < 2:
+            errs.append("train.augment.elastic must be >= 0 and elastic_points >= 2")
+        if not 0 <= self.sharpness <= 1 or not 0 <= self.contrast_curve < 0.5:
+            errs.append("train.augment.sharpness must be in [0, 1] and contrast_curve in [0, 0.5)")
         return errs
 
 
@@ -176,7 +199,10 @@ class Config:
         n_down = len(self.model.channels) - 1
         div = 2 ** n_down
         bad = [g for g in self.preprocess.grid if g % div]
-        if bad:
+        if self.model.patch_size is not None and any(p > g for p, g in zip(self.model.patch_size, self.preprocess.grid)):
+            errs.append(f"model.patch_size {list(self.model.patch_size)} is larger than preprocess.grid "
+                        f"{list(self.preprocess.grid)}")
+        if bad and self.model.patch_size is None:
             errs.append(f"preprocess.grid {list(self.preprocess.grid)} must be divisible by {div} "
                         f"(2^(len(model.channels)-1)) for the U-Net's down/up-sampling")
         if errs:

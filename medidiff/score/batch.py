@@ -30,7 +30,7 @@ from ..io.content import check_content
 from ..io.errors import ScanError
 from ..io.naming import safe_join
 from ..jsonutil import json_default, now_utc
-from .result import RESULT_FILE, TABLE_COLUMNS, ScanRecord, ScanResult, write_scan_outputs
+from .result import RESULT_FILE, TABLE_COLUMNS, ScanRecord, ScanResult, table_row, write_scan_outputs
 
 RUN_FILE = "run.json"
 
@@ -368,7 +368,7 @@ def write_tables(out_dir: str | Path) -> None:
 
     out = Path(out_dir)
     rows = read_results(out)
-    df = pd.DataFrame([{c: r.get(c) for c in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
+    df = pd.DataFrame([table_row(r) for r in rows], columns=TABLE_COLUMNS)
     df = df.sort_values(["status", "score"], ascending=[False, False], na_position="last")
     write_text_atomic(out / "scores.csv", df.to_csv(index=False))
     write_text_atomic(out / "scores.jsonl", "".join(json.dumps(r, default=json_default) + "\n"

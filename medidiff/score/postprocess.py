@@ -89,6 +89,11 @@ class PostProcessor:
             decision = self.decide(mg.amap, mg.region, vthr)
             mask_src = (mapping.to_source(decision.astype(np.float32), order=0, fill=0.0, antialias=False)
                         > 0.5).astype(np.uint8)
+        brain = getattr(mg.pre, "brain_source", None)
+        if brain is not None:  # the front end's brain mask: nothing outside the brain is ever anomalous
+            amap_src[~brain] = 0.0
+            if mask_src is not None:
+                mask_src[~brain] = 0
         recon_src = None
         if with_reconstruction and mg.recon is not None:
             recon_src = mapping.to_source(mg.pre.denormalize(mg.recon), order=1, fill=0.0).astype(np.float32)

@@ -108,8 +108,16 @@ class ScanRecord:
         write_text_atomic(scan_dir / RESULT_FILE, json.dumps(d, indent=2, default=json_default))
 
 
+# front-end quality numbers that scores.csv shows next to the score (from result.json["qc"])
+QC_COLUMNS = ["brain_volume_ml", "registration_similarity", "brain_inside_grid"]
 TABLE_COLUMNS = [f.name for f in fields(ScanRecord) if f.name not in ("outputs", "shape", "affine", "warnings", "qc",
-                                                                       "finished")]
+                                                                       "finished")] + QC_COLUMNS
+
+
+def table_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One scores.csv row from a result.json dict (QC numbers flattened in; absent = empty)."""
+    qc = record.get("qc") or {}
+    return {c: (qc.get(c) if c in QC_COLUMNS else record.get(c)) for c in TABLE_COLUMNS}
 
 
 def write_scan_outputs(scan_dir: Path, volume, result: ScanResult, model_hash: str, dicom_outputs: bool,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..io.atomic import atomic_path, write_text_atomic
 from ..jsonutil import json_default as _json_default
 from ..model.config import Config, ConfigError
 from ..model.diffusion import SchedulerFactory
-from ..model.network import build_network
+from ..model.network import as_grid_denoiser, build_network
 from ..preprocess import PreprocessConfig
 
 MODEL_FILE = "model.safetensors"
@@ -37,6 +38,7 @@ STATE_FILE = "train_state.safetensors"
 STATE_META_FILE = "train_state.json"
 FORMAT = "medidiff-model"
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
 
@@ -122,6 +124,7 @@ def save_model(run_dir: str | Path, ema_state: dict[str, torch.Tensor], config: 
         **metadata,
         "config": config.to_dict(),
         "preprocess": config.preprocess.to_dict(),
+        "frontend": _frontend_fingerprint(config.preprocess),
         "diffusion": config.to_dict()["diffusion"],
         "model_hash": digest,
         "weights": {"ema": True, "raw": raw_state is not None},
@@ -130,6 +133,12 @@ def save_model(run_dir: str | Path, ema_state: dict[str, torch.Tensor], config: 
     return digest
 
 
+def _frontend_fingerprint(pcfg: PreprocessConfig) -> dict[str, Any] | None:
+    if pcfg.space != "template":
+        return None
+    from ..frontend.config import fingerprint
+
+    return fingerprint(pcfg.frontend_config())
 
 
 @dataclass
@@ -184,6 +193,14 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
         raise CheckpointError(f"{run_dir / META_FILE}: bad config ({exc})") from exc
     tensors = _load_tensors(wpath)
     _check_config_matches_weights(wpath, config)
+    if config.preprocess.space == "template":
+        from ..frontend.config import check_reproducible
+
+        try:
+            for w in check_reproducible(meta.get("frontend"), config.preprocess.frontend_config()):
+                log.warning("%s: %s", run_dir, w)
+        except ValueError as exc:
+            raise CheckpointError(f"{run_dir / META_FILE}: {exc}") from exc
     prefix = f"{weights}."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
@@ -197,6 +214,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights:
     net.to(dev).eval()
     for p in net.parameters():
         p.requires_grad_(False)
+    net = as_grid_denoiser(net, config.model, config.preprocess.grid).to(dev)
     return LoadedModel(network=net, config=config, preprocess_config=config.preprocess,
                        scheduler_factory=SchedulerFactory(config.diffusion), model_hash=actual,
                        metadata=meta, run_dir=run_dir, device=dev)

@@ -214,8 +214,56 @@ def augment(image: np.ndarray, fg: np.ndarray, cfg: AugmentConfig, rng: np.rando
         x = _shift(x, shifts)
     if cfg.flip_lr and flip:
         x = np.ascontiguousarray(x[::-1])
+    # anatomy-like terms; drawn after the older ones so their random streams are unchanged
+    u2 = rng.random(3)
+    field = rng.normal(size=(3, *(cfg.elastic_points,) * 3))
+    amount = cfg.sharpness * (2 * rng.random() - 1)
+    knots = rng.uniform(-1, 1, size=4)
+    if u2[0] < cfg.probability and cfg.elastic > 0:
+        x = elastic_warp(x, field, cfg.elastic)
+    if u2[1] < cfg.probability and cfg.sharpness > 0:
+        x = blur_or_sharpen(x, amount)
+    if u2[2] < cfg.probability and cfg.contrast_curve > 0:
+        x = contrast_curve(x, knots, cfg.contrast_curve)
     x[~np.isfinite(x)] = 0
     return x
+
+
+def elastic_warp(x: np.ndarray, coarse: np.ndarray, max_voxels: float) -> np.ndarray:
+    """Smooth random displacement (coarse normal field, cubic-upsampled), at most ``max_voxels``."""
+    from scipy import ndimage
+
+    scale = max_voxels / max(float(np.abs(coarse).max()), 1e-6)
+    zoom = [n / c for n, c in zip(x.shape, coarse.shape[1:])]
+    disp = [ndimage.zoom(c * scale, zoom, order=1, mode="nearest", grid_mode=True)[: x.shape[0], : x.shape[1], : x.shape[2]]
+            for c in coarse]
+    grid = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in x.shape], indexing="ij", sparse=True)
+    coords = [g + d for g, d in zip(grid, disp)]
+    return ndimage.map_coordinates(x, coords, order=1, mode="constant", cval=0.0).astype(np.float32)
+
+
+def blur_or_sharpen(x: np.ndarray, amount: float) -> np.ndarray:
+    """amount < 0: Gaussian blur (sigma |amount| voxels); > 0: unsharp mask of strength ``amount``."""
+    from scipy import ndimage
+
+    inside = x > 0
+    if amount < 0:
+        out = ndimage.gaussian_filter(x, sigma=max(-amount, 1e-3))
+    else:
+        out = x + amount * (x - ndimage.gaussian_filter(x, sigma=1.0))
+    return np.where(inside, np.maximum(out, 0.0), 0.0).astype(np.float32)
+
+
+def contrast_curve(x: np.ndarray, knots: np.ndarray, strength: float) -> np.ndarray:
+    """Random monotone piecewise-linear intensity curve on the brain (0 stays 0, slope > 0)."""
+    xs = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    ys = xs.copy()
+    ys[1:] += strength * 0.25 * knots  # each knot moves by at most strength * 0.25
+    ys = np.maximum.accumulate(ys + np.arange(5) * 1e-3)  # keep it increasing
+    out = np.interp(x, xs, ys)
+    above = x > 1.0  # beyond the last knot: continue with the last slope (bright lesions keep their lead)
+    out[above] = ys[-1] + (x[above] - 1.0) * (ys[-1] - ys[-2]) / 0.25
+    return np.where(x > 0, out, 0.0).astype(np.float32)
 
 
 def _shift(x: np.ndarray, shifts: Sequence[int]) -> np.ndarray:
@@ -234,14 +282,27 @@ def _shift(x: np.ndarray, shifts: Sequence[int]) -> np.ndarray:
 
 
 def make_batch(data: PreparedData, step: int, batch_size: int, rank: int, world: int, seed: int,
-               aug: AugmentConfig | None) -> np.ndarray:
-    """(B, 1, D, H, W) float32 batch for this step/rank."""
+               aug: AugmentConfig | None, patch: Sequence[int] | None = None,
+               foreground_bias: float = 0.9) -> np.ndarray:
+    """(B, 1, D, H, W) float32 batch for this step/rank.
+
+    Patch models: (B, 1 + 3, *patch) — a random patch of each (augmented) scan followed by
+    its three coordinate channels (the patch's location on the model grid)."""
+    from ..model.patches import coordinate_grid, crop, draw_patch_origin
+
     idx = sample_indices(step, len(data), batch_size, rank, world, seed)
+    coords = coordinate_grid(data.images.shape[1:]) if patch is not None else None
     out = []
     for j, i in enumerate(idx):
         img = data.images[i]
         if aug is not None:
             rng = np.random.default_rng([int(seed), int(step), int(rank), j, 0xA6])
             img = augment(img, data.foregrounds[i], aug, rng)
+        if patch is not None:
+            prng = np.random.default_rng([int(seed), int(step), int(rank), j, 0xB7])
+            origin = draw_patch_origin(data.foregrounds[i], patch, prng, foreground_bias)
+            img = np.concatenate([crop(img, origin, patch)[None], crop(coords, origin, patch)], axis=0)
+        else:
+            img = img[None]
         out.append(img)
-    return np.stack(out)[:, None].astype(np.float32, copy=False)
+    return np.stack(out).astype(np.float32, copy=False)

@@ -28,6 +28,7 @@ from ..model.config import Config
 from ..model.diffusion import add_noise, build_scheduler, training_target
 from ..model.network import build_network, count_parameters
 from ..model.noise import make_noise
+from ..model.patches import coordinate_grid, crop, draw_patch_origin
 from . import checkpoint as ckpt
 from .data import PreparedData, make_batch, step_seed
 from ..runtime import autocast_ctx, cpu_bf16_supported, resolve_device, resolve_precision, set_threads
@@ -111,7 +112,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.n_params = count_parameters(self.net)
-        self._val_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._val_batches: list[tuple[torch.Tensor, ...]] | None = None
 
     # -- pieces ---------------------------------------------------------------
     def _noise(self, shape, gen):
@@ -120,8 +121,10 @@ class Trainer:
     def train_step(self, step: int) -> float:
         tc = self.tc
         aug = tc.augment
-        x0 = torch.from_numpy(make_batch(self.train_data, step, tc.batch_size, self.rank, self.world,
-                                         self.seed, aug)).to(self.device)
+        mc = self.cfg.model
+        batch = torch.from_numpy(make_batch(self.train_data, step, tc.batch_size, self.rank, self.world,
+                                            self.seed, aug, mc.patch_size, mc.patch_foreground_bias)).to(self.device)
+        x0, cond = batch[:, :1], batch[:, 1:]  # cond: a patch model's coordinate channels (else empty)
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))
         t = torch.randint(0, self.T, (x0.shape[0],), generator=gen)
         noise = self._noise(tuple(x0.shape), gen).to(self.device)
@@ -129,7 +132,7 @@ class Trainer:
         target = training_target(self.scheduler, x0, noise, t)
         self.model.train()
         with autocast_ctx(self.precision, self.device):
-            out = self.model(x_t, timesteps=t.to(self.device))
+            out = self.model(torch.cat([x_t, cond], dim=1), timesteps=t.to(self.device))
         loss = F.mse_loss(out.float(), target)
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -169,13 +172,22 @@ class Trainer:
         # stratified timesteps over [0, T): every part of the schedule is represented
         ts = ((torch.arange(n_total, dtype=torch.float64) + 0.5) * self.T / n_total).long().clamp(0, self.T - 1)
         k = 0
+        patch = self.cfg.model.patch_size
+        coords = coordinate_grid(vd.images.shape[1:]) if patch is not None else None
+        prng = np.random.default_rng([self.seed, 0x7A2])
         for b in range(self.tc.val_batches):
             idx = [(b * B + j) % len(vd) for j in range(B)]
-            x0 = torch.from_numpy(vd.images[idx][:, None].astype(np.float32))
+            if patch is None:
+                x0 = torch.from_numpy(vd.images[idx][:, None].astype(np.float32))
+                cond = x0[:, :0]
+            else:  # fixed validation patches, centred on brain
+                origins = [draw_patch_origin(vd.foregrounds[i], patch, prng, 1.0) for i in idx]
+                x0 = torch.from_numpy(np.stack([crop(vd.images[i], o, patch)[None] for i, o in zip(idx, origins)]))
+                cond = torch.from_numpy(np.stack([crop(coords, o, patch) for o in origins]))
             t = ts[k:k + B]
             k += B
             noise = self._noise(tuple(x0.shape), gen)
-            batches.append((x0, noise, t))
+            batches.append((x0, cond, noise, t))
         self._val_batches = batches
 
     @torch.no_grad()
@@ -185,12 +197,12 @@ class Trainer:
         if self._val_batches is None:
             self._build_val()
         losses = []
-        for x0, noise, t in self._val_batches:  # type: ignore[union-attr]
-            x0, noise = x0.to(self.device), noise.to(self.device)
+        for x0, cond, noise, t in self._val_batches:  # type: ignore[union-attr]
+            x0, cond, noise = x0.to(self.device), cond.to(self.device), noise.to(self.device)
             x_t = add_noise(self.scheduler, x0, noise, t)
             target = training_target(self.scheduler, x0, noise, t)
             with autocast_ctx(self.precision, self.device):
-                out = self.ema(x_t, timesteps=t.to(self.device))
+                out = self.ema(torch.cat([x_t, cond], dim=1), timesteps=t.to(self.device))
             losses.append(float(F.mse_loss(out.float(), target)))
         return float(np.mean(losses))
 
@@ -480,12 +492,13 @@ def dry_run_report(cfg: Config, device: str = "auto", measure: bool = True) -> d
     precision = resolve_precision(cfg.train.precision, dev)
     rep: dict[str, Any] = {"parameters": count_parameters(net), "device": str(dev), "precision": precision,
                            "threads": torch.get_num_threads(),
-                           "batch_shape": [cfg.train.batch_size, 1, *cfg.preprocess.grid]}
+                           "batch_shape": [cfg.train.batch_size, 1, *(cfg.model.patch_size or cfg.preprocess.grid)]}
     if not measure:
         return rep
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
     sched = build_scheduler(cfg.diffusion)
-    shape = (cfg.train.batch_size, 1, *cfg.preprocess.grid)
+    shape = tuple(rep["batch_shape"])
+    n_cond = 3 if cfg.model.patch_size is not None else 0
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -497,7 +510,8 @@ def dry_run_report(cfg: Config, device: str = "auto", measure: bool = True) -> d
         noise = make_noise(cfg.diffusion.noise, shape, g, **dict(cfg.diffusion.noise_params)).to(dev)
         t0 = time.monotonic()
         with autocast_ctx(precision, dev):
-            out = net(add_noise(sched, x0, noise, t), timesteps=t.to(dev))
+            cond = torch.zeros((shape[0], n_cond, *shape[2:]), device=dev)
+            out = net(torch.cat([add_noise(sched, x0, noise, t), cond], dim=1), timesteps=t.to(dev))
         loss = F.mse_loss(out.float(), training_target(sched, x0, noise, t))
         opt.zero_grad()
         loss.backward()
