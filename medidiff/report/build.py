@@ -78,7 +78,7 @@ class RunContext:
     def volume_score(self) -> bool:
         """The score is mm³ above the voxel threshold (else a map statistic)."""
         cfg = self.run.get("score_config") or {}
-        return cfg.get("score", "supra_volume") == "supra_volume" and self.voxel_threshold is not None
+        return cfg.get("score", "supra_volume") in ("supra_volume", "largest_cluster") and self.voxel_threshold is not None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -435,6 +435,8 @@ def _score_phrase(ctx: RunContext, score: float | None) -> str:
     if score is None:
         return "—"
     if ctx.volume_score:
+        if (ctx.run.get("score_config") or {}).get("score") == "largest_cluster":
+            return f"largest cluster {cm3(score)} cm³ above threshold"
         return f"{cm3(score)} cm³ above threshold"
     return f"{score:.3g}"
 

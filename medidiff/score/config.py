@@ -16,7 +16,7 @@ import yaml
 
 SMOOTHING = ("median", "gaussian", "none")
 NORMALIZATION = ("voxelwise", "global", "none")
-SCORE_TYPES = ("topk_mean", "percentile", "supra_volume")
+SCORE_TYPES = ("topk_mean", "percentile", "supra_volume", "largest_cluster")
 
 
 @dataclass
@@ -38,6 +38,10 @@ class ScoreConfig:
     normalization: str = "voxelwise"  # needs calibration; falls back to none without it
     # Map -> scan score
     score: str = "supra_volume"  # mm³ above the calibrated voxel threshold (needs calibration)
+    # largest_cluster: mm³ of the largest connected supra-threshold component (needs calibration)
+    # cDDPM-style clean-up of the voxel decision: supra-threshold components smaller than this
+    # are dropped (from the mask and from supra_volume / largest_cluster); 0 = keep all
+    min_component_mm3: float = 0.0
     topk_fraction: float = 0.005
     percentile: float = 99.9
     # AutoDDPM-style inpainting refinement
@@ -65,6 +69,8 @@ class ScoreConfig:
             errs.append(f"normalization must be one of {NORMALIZATION}")
         if self.score not in SCORE_TYPES:
             errs.append(f"score must be one of {SCORE_TYPES}")
+        if self.min_component_mm3 < 0:
+            errs.append("min_component_mm3 must be >= 0")
         if not 0 < self.voxel_fpr < 1 or not 0 < self.scan_fpr < 1:
             errs.append("voxel_fpr and scan_fpr must be in (0, 1)")
         if errs:

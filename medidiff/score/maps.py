@@ -113,6 +113,25 @@ class NormStats:
         return cls(mean, std, gm, gs)
 
 
+def voxel_decision(amap: np.ndarray, fg_mask: np.ndarray, voxel_threshold: float, min_voxels: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Supra-threshold voxels inside the mask, without components smaller than ``min_voxels``.
+    Returns (decision, sizes of the kept components in voxels, largest first)."""
+    supra = (amap > voxel_threshold) & fg_mask
+    if not supra.any():
+        return supra, np.zeros(0, dtype=np.int64)
+    labels, n = ndimage.label(supra, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= max(1, min_voxels)) + 1
+    if len(keep) < n:
+        supra = np.isin(labels, keep)
+    return supra, np.sort(sizes[keep - 1])[::-1]
+
+
+def min_component_voxels(cfg: ScoreConfig, voxel_volume_mm3: float) -> int:
+    return int(np.ceil(cfg.min_component_mm3 / voxel_volume_mm3)) if cfg.min_component_mm3 > 0 else 0
+
+
 def scan_score(amap: np.ndarray, fg_mask: np.ndarray, cfg: ScoreConfig, voxel_volume_mm3: float,
                voxel_threshold: float | None = None) -> float:
     vals = amap[fg_mask]
@@ -120,8 +139,10 @@ def scan_score(amap: np.ndarray, fg_mask: np.ndarray, cfg: ScoreConfig, voxel_vo
         return 0.0
     if cfg.score == "percentile":
         return float(np.percentile(vals, cfg.percentile))
-    if cfg.score == "supra_volume" and voxel_threshold is not None:
-        return float((vals > voxel_threshold).sum() * voxel_volume_mm3)
-    # topk_mean, and supra_volume without a calibrated threshold (uncalibrated model)
+    if cfg.score in ("supra_volume", "largest_cluster") and voxel_threshold is not None:
+        _, sizes = voxel_decision(amap, fg_mask, voxel_threshold, min_component_voxels(cfg, voxel_volume_mm3))
+        n = sizes.sum() if cfg.score == "supra_volume" else (sizes[0] if sizes.size else 0)
+        return float(n * voxel_volume_mm3)
+    # topk_mean, and supra_volume / largest_cluster without a calibrated threshold (uncalibrated model)
     k = max(1, int(round(cfg.topk_fraction * vals.size)))
     return float(np.partition(vals, vals.size - k)[-k:].mean())

@@ -27,7 +27,7 @@ from ..io.errors import ScanError
 from ..preprocess import Preprocessed
 from ..volume import Volume
 from .config import ScoreConfig
-from .maps import NormStats, normalize_map, scan_score
+from .maps import NormStats, min_component_voxels, normalize_map, scan_score, voxel_decision
 from .result import ScanResult
 
 
@@ -60,8 +60,8 @@ class PostProcessor:
         return normalize_map(raw, region, stats, self.cfg)
 
     def decide(self, amap: np.ndarray, region: np.ndarray, voxel_threshold: float) -> np.ndarray:
-        """The voxel decision on the model grid (bool)."""
-        return (amap > voxel_threshold) & region
+        """The voxel decision on the model grid (bool): the voxels the supra-threshold scores count."""
+        return voxel_decision(amap, region, voxel_threshold, min_component_voxels(self.cfg, self.voxel_volume))[0]
 
     def score(self, amap: np.ndarray, region: np.ndarray, voxel_threshold: float | None) -> float:
         return scan_score(amap, region, self.cfg, self.voxel_volume, voxel_threshold)
@@ -81,7 +81,7 @@ class PostProcessor:
         if cal is None:
             warnings.append("uncalibrated model: the map is the raw residual, no mask or flag"
                             + ("; the scan score is the top-k mean, not the supra-threshold volume"
-                               if self.cfg.score == "supra_volume" else ""))
+                               if self.cfg.score in ("supra_volume", "largest_cluster") else ""))
         mapping = mg.pre.mapping
         amap_src = mapping.to_source(mg.amap, order=1, fill=0.0, antialias=True).astype(np.float32)
         mask_src = None

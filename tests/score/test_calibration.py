@@ -155,3 +155,25 @@ def test_extra_qc_and_maps_from_preprocessing_reach_the_result():
     assert res.qc == {"brain_volume_ml": 1234.5}
     assert set(res.source_maps()) == {"anomaly_map", "brain_mask"}
     assert res.flag is None and res.mask is None and any("uncalibrated" in w for w in res.warnings)
+
+
+def test_small_components_are_dropped_from_the_decision_and_the_score():
+    from medidiff.score.config import ScoreConfig
+    from medidiff.score.maps import scan_score, voxel_decision
+    from medidiff.score.postprocess import PostProcessor
+
+    amap = np.zeros((20, 20, 20), np.float32)
+    amap[2:5, 2:5, 2:5] = 5.0  # 27 voxels
+    amap[10, 10, 10] = 5.0  # 1 voxel: speckle
+    amap[14:16, 14:16, 14:16] = 5.0  # 8 voxels
+    region = np.ones_like(amap, bool)
+    dec, sizes = voxel_decision(amap, region, 1.0, min_voxels=5)
+    assert list(sizes) == [27, 8] and dec.sum() == 35 and not dec[10, 10, 10]
+    vol = 8.0  # 2 mm voxels
+    cfg = ScoreConfig(score="supra_volume", min_component_mm3=40.0)  # = 5 voxels
+    assert scan_score(amap, region, cfg, vol, 1.0) == 35 * vol
+    cfg = ScoreConfig(score="largest_cluster", min_component_mm3=40.0)
+    assert scan_score(amap, region, cfg, vol, 1.0) == 27 * vol
+    # the post-processor's decision (the written mask) is exactly what the score counts
+    pp = PostProcessor(ScoreConfig(score="supra_volume", min_component_mm3=40.0), (2, 2, 2))
+    assert pp.decide(amap, region, 1.0).sum() * vol == scan_score(amap, region, pp.cfg, vol, 1.0)
