@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -287,7 +289,9 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"  {name} ({chosen_type or 'default score'}): voxel AP {_f(rep.get('voxel', {}).get('ap'))}, sample AUROC "
             f"{_f(rep.get('sample', {}).get('auroc'))} ({time.perf_counter() - t0:.0f} s)")
 
+    paired = paired_comparisons(methods, a.n_boot)
     result = {"command": command, "machine": machine(), "quick": a.quick, "chosen": chosen, "final_overrides": final_ov,
+              "paired": paired,
               "val_grid": val_rows, "val_score_types": score_rows, "baseline_choices": baseline_choices,
               "methods": {k: {"run": v["run"], "row": _row(v["report"]), "fit_seconds": v.get("fit_seconds"),
                               "score": v.get("score", chosen.get("score")),
@@ -322,6 +326,42 @@ def choose_baseline_score(method, name: str, types: list[str], base: list[str], 
         rows.append({"score": st, **_row(rep)})
     best = max(rows, key=lambda r: -1 if r["sample_auroc"] is None else r["sample_auroc"])
     return best["score"], rows
+
+
+def paired_comparisons(methods: dict[str, Any], n_boot: int) -> dict[str, Any]:
+    """medidiff minus each baseline on the same test scans: sample AUROC and AP, paired bootstrap CIs."""
+    from medidiff.evaluate import metrics as M
+
+    ref = {r["scan_id"]: r for r in methods.get("medidiff", {}).get("report", {}).get("scans", [])}
+    out: dict[str, Any] = {}
+    for name, m in methods.items():
+        if name == "medidiff":
+            continue
+        other = {r["scan_id"]: r for r in m["report"].get("scans", [])}
+        common = sorted(set(ref) & set(other))
+        y = np.array([ref[k]["label"] for k in common], dtype=bool)
+        if len(common) < 4 or y.all() or not y.any():
+            continue
+        sa = np.array([ref[k]["score"] for k in common])
+        sb = np.array([other[k]["score"] for k in common])
+        out[name] = {"sample_auroc": M.paired_bootstrap_diff(M.auroc, y, sa, sb, max(n_boot, 1000)),
+                     "sample_ap": M.paired_bootstrap_diff(M.average_precision, y, sa, sb, max(n_boot, 1000))}
+    return out
+
+
+def paired_verdict(result: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, d in result.get("paired", {}).items():
+        c = d["sample_auroc"]
+        if c["ci_low"] > 0:
+            word = "**medidiff is better** (the CI excludes 0)"
+        elif c["ci_high"] < 0:
+            word = "**medidiff is worse** (the CI excludes 0)"
+        else:
+            word = "not resolved: the CI includes 0"
+        lines.append(f"- sample AUROC, medidiff − {name}: {c['diff']:+.3f} [95% paired CI {c['ci_low']:+.3f}, "
+                     f"{c['ci_high']:+.3f}], n = {c['n']} scans — {word}.")
+    return lines
 
 
 def verdict(result: dict[str, Any]) -> list[str]:
@@ -385,6 +425,8 @@ def render(result: dict[str, Any], methods: dict[str, Any]) -> str:
     if rec and rec.get("n"):
         L += ["", f"medidiff reconstruction fidelity on healthy test scans: PSNR median {rec['median']:.2f} dB."]
     L += ["", "## Verdict", ""] + verdict(result)
+    if result.get("paired"):
+        L += ["", "Paired comparisons on the same test scans (stratified paired bootstrap; the wording follows the CI, not the point estimate):", ""] + paired_verdict(result)
     L += ["", "## Settings chosen on val (by voxel AP; score type by sample AUROC)", "",
           "| t* (fraction of T) | K (DDIM steps) | variant | val voxel AP | val voxel AUROC | val best Dice | "
           "val sample AUROC | s/scan |", "|---|---|---|---|---|---|---|---|"]

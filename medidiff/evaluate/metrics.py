@@ -195,6 +195,25 @@ def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], y, s, n_resa
     return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
 
 
+def paired_bootstrap_diff(metric: Callable[[np.ndarray, np.ndarray], float], y, s_a, s_b, n_resamples: int = 2000,
+                          seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+    """metric(y, s_a) - metric(y, s_b) with a paired, stratified percentile bootstrap CI: both
+    methods are evaluated on the *same* resampled scans, so scan difficulty cancels out.
+    ``p_le_0`` is the share of resamples where A does not beat B."""
+    y = np.asarray(y).astype(bool).ravel()
+    a, b = np.asarray(s_a, np.float64).ravel(), np.asarray(s_b, np.float64).ravel()
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    diffs = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = np.r_[rng.choice(pos, pos.size, replace=True), rng.choice(neg, neg.size, replace=True)].astype(int)
+        diffs[i] = metric(y[idx], a[idx]) - metric(y[idx], b[idx])
+    diffs = diffs[np.isfinite(diffs)]
+    lo, hi = (np.quantile(diffs, [alpha / 2, 1 - alpha / 2]) if diffs.size else (np.nan, np.nan))
+    return {"diff": float(metric(y, a) - metric(y, b)), "ci_low": float(lo), "ci_high": float(hi),
+            "p_le_0": float(np.mean(diffs <= 0)) if diffs.size else float("nan"), "n": int(y.size)}
+
+
 # ----------------------------------------------------------------------------- lesion-wise
 
 STRUCTURE_26 = ndimage.generate_binary_structure(3, 3)

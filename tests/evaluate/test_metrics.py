@@ -121,3 +121,16 @@ def test_psnr():
     assert M.psnr(a, a) == float("inf")
     b = a + 0.1
     assert M.psnr(a, b, data_range=2.0) == pytest.approx(10 * np.log10(4 / 0.01))
+
+
+def test_paired_bootstrap_resolves_a_real_difference_and_not_a_tie():
+    from medidiff.evaluate.metrics import auroc, paired_bootstrap_diff
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(30), np.zeros(30)].astype(bool)
+    good = y * 2.0 + rng.normal(0, 1, 60)
+    weak = y * 0.2 + rng.normal(0, 1, 60)
+    d = paired_bootstrap_diff(auroc, y, good, weak, n_resamples=500)
+    assert d["diff"] > 0.2 and d["ci_low"] > 0 and d["n"] == 60
+    tie = paired_bootstrap_diff(auroc, y, good, good + rng.normal(0, 1e-3, 60), n_resamples=500)
+    assert tie["ci_low"] <= 0 <= tie["ci_high"]
