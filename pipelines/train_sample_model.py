@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep train.max_steps from the config instead of fitting it to the budget")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", type=Path, default=None, help="warm start from this model folder's EMA weights")
     ap.add_argument("--ship", action=argparse.BooleanOptionalAction, default=True,
                     help="after training keep only EMA weights in model.safetensors (default on)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, [*args.overrides, f"train.max_steps={old}"])
     res = run_training(cfg, args.data, args.out, resume=args.resume, max_minutes=args.minutes, device=args.device,
                        train_split="train", val_split="calib", progress=args.progress,
-                       threads=args.threads)
+                       threads=args.threads, init_from=args.init_from)
     report.update({"steps": res.steps, "train_loss": res.train_loss, "val_loss": res.val_loss,
                    "stopped": res.stopped, "seconds": round(res.seconds, 1),
                    "steps_per_second": res.steps_per_second, "peak_rss_mib": round(peak_rss_mib(), 1),

@@ -30,6 +30,10 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     threads: Optional[int] = typer.Option(None, "--threads",
                                           help="torch CPU threads per process (default: cores / local ranks)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from",
+                                             help="Warm start: begin from this trained model folder's EMA weights "
+                                                  "(same architecture), e.g. the bundled model, then fine-tune on "
+                                                  "your own healthy cohort."),
 ) -> None:
     """Train the 3D diffusion U-Net on healthy scans (single process or under torchrun)."""
     import json
@@ -69,7 +73,7 @@ def train(
     try:
         res = run_training(cfg, data, out, resume=resume, max_minutes=max_minutes, device=device,
                            seed=cfg.train.seed, train_split=train_split, val_split=val_split, val_data=val_data,
-                           progress=progress, threads=threads)
+                           progress=progress, threads=threads, init_from=init_from)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]training failed:[/red] {exc}")
         raise typer.Exit(1)

@@ -231,6 +231,18 @@ class Trainer:
                 return float(h[key])
         return None
 
+    def warm_start(self, model_dir: str | Path) -> None:
+        """Start from another trained model's EMA weights (the architecture must match)."""
+        loaded = ckpt.load_model(model_dir, device=self.device)
+        net = getattr(loaded.network, "unet", loaded.network)  # a patch model's U-Net behind its sliding windows
+        try:
+            self.net.load_state_dict(net.state_dict(), strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{model_dir}: its network does not fit this config ({str(exc)[:200]})") from exc
+        self.ema.load_state_dict(self.net.state_dict())
+        self.data_summary["warm_start"] = {"model": str(model_dir), "model_hash": loaded.model_hash,
+                                           "steps": loaded.metadata.get("steps")}
+
     def save(self, stopped: str | None = None, seconds: float | None = None) -> None:
         if not self.is_main:
             return
@@ -438,8 +450,11 @@ def run_training(cfg: Config, data: str | Path, out: str | Path, *, resume: bool
                  max_minutes: float | None = None, device: str = "auto", seed: int | None = None,
                  train_split: str | None = "train", val_split: str | None = None,
                  val_data: str | Path | None = None, progress: bool = True,
-                 threads: int | None = None) -> TrainResult:
-    """Find scans, preprocess once, train. Works single-process and under torchrun."""
+                 threads: int | None = None, init_from: str | Path | None = None) -> TrainResult:
+    """Find scans, preprocess once, train. Works single-process and under torchrun.
+
+    ``init_from``: a trained model folder whose EMA weights start this run (warm start,
+    same architecture; ignored when resuming, where the checkpoint wins)."""
     from .data import list_scans, prepare
 
     dev = resolve_device(device)
@@ -472,6 +487,8 @@ def run_training(cfg: Config, data: str | Path, out: str | Path, *, resume: bool
         log.info("training on %d scans, validating on %d", len(train_set), 0 if val is None else len(val))
     trainer = Trainer(cfg, train_set, val, out, device=dev, seed=seed, progress=progress,
                       data_summary={"source": str(data), "train_split": train_split, "val_split": val_split})
+    if init_from is not None and not resume:
+        trainer.warm_start(init_from)
     try:
         return trainer.run(resume=resume, max_minutes=max_minutes)
     finally:

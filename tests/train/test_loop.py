@@ -125,3 +125,26 @@ def test_kill_between_state_files_keeps_previous_state(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt, "write_text_atomic", real)
     tensors, meta = ckpt.load_train_state(tmp_path / "run")
     assert meta["step"] == meta_before["step"] == 2 and tensors
+
+
+def test_warm_start_begins_from_another_models_weights(tmp_path):
+    import torch
+
+    from medidiff.train.checkpoint import load_model
+    from medidiff.train.loop import Trainer
+    from train_helpers import synthetic_prepared, tiny_config
+
+    cfg = tiny_config("train.max_steps=2")
+    first = Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "a", device="cpu", progress=False)
+    first.train_step(0)
+    first.save()
+    second = Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "b", device="cpu", seed=7, progress=False)
+    second.warm_start(tmp_path / "a")
+    src = load_model(tmp_path / "a").network.state_dict()
+    for k, v in second.net.state_dict().items():
+        assert torch.equal(v, src[k]), k
+    assert second.data_summary["warm_start"]["model_hash"] == load_model(tmp_path / "a").model_hash
+    bad = Trainer(tiny_config("model.channels=[16,32]", "model.norm_num_groups=8"), synthetic_prepared(n=4), None,
+                  tmp_path / "c", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="does not fit"):
+        bad.warm_start(tmp_path / "a")
