@@ -54,7 +54,10 @@ TEMPLATE_FILES = {
 BRAIN_BOX_MM = np.array([[-72.0, -107.0, -72.0], [72.0, 73.0, 82.0]])
 MARGIN_MM = 8.0
 
-FULL_COUNTS = {"train": (24, 0), "calib": (8, 0), "val": (6, 6), "test": (8, 8)}
+# calib >= 20 healthy scans so a 5 % scan threshold can be calibrated; val and test 20 + 20 so sample-level
+# differences between methods can be resolved. Scans are seeded by (seed, split, label, index): growing a split
+# adds scans and leaves the existing ones byte-identical.
+FULL_COUNTS = {"train": (24, 0), "calib": (24, 0), "val": (20, 20), "test": (20, 20)}
 SMALL_COUNTS = {"train": (1, 0), "test": (1, 1)}
 # (split, label, index) -> storage orientation; everything else is RAS.
 FULL_ORIENT = {("train", 0, 0): "LPS", ("val", 0, 0): "permuted", ("test", 0, 0): "oblique",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install (if needed), then the main job on the bundled sample data with the
-# bundled, calibrated model: score the test split (NIfTI and DICOM copies),
-# evaluate against its labels, and build the HTML report.
+# bundled, calibrated model: score the test split (NIfTI and DICOM copies) and one
+# real whole-head scanner export (front end: brain extraction, bias correction,
+# registration), evaluate against the labels, and build the HTML report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash pipelines/install.sh test
@@ -11,6 +12,7 @@ MD="$VENV/bin/medidiff"
 status=0
 "$MD" score --model models/sample --input sample_data/test --out "$OUT" --no-report || status=$?
 "$MD" score --model models/sample --input sample_data/test_dicom --out "$OUT" --no-report || status=$?
+"$MD" score --model models/sample --input sample_data/real --out "$OUT" --no-report || status=$?
 "$MD" evaluate --run "$OUT" --labels sample_data/labels.csv --split test || status=$?
 "$MD" report --run "$OUT" --labels sample_data/labels.csv
 exit $status

@@ -1,0 +1,44 @@
+"""The real-scan path end to end: a healthy volunteer's whole head, exactly as a Siemens scanner
+exported it (sample_data/real), scored with the bundled, calibrated model.
+
+The scan was used neither to train nor to calibrate the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = ROOT / "sample_data" / "real"
+
+
+def test_real_whole_head_scan_is_scored_in_its_own_grid_and_not_flagged(tmp_path):
+    from medidiff.io.discover import discover
+    from medidiff.score.batch import score_folder
+
+    assert json.loads((ROOT / "models" / "sample" / "model.json").read_text())["preprocess"]["space"] == "template"
+    out = tmp_path / "out"
+    score_folder(ROOT / "models" / "sample", REAL, out, dicom_outputs=True, progress=False, log=lambda m: None)
+    (scan_dir,) = [p for p in (out / "scans").iterdir() if p.is_dir()]
+    res = json.loads((scan_dir / "result.json").read_text())
+    assert res["status"] == "ok", res.get("error")
+    run = json.loads((out / "run.json").read_text())
+    thr = run["calibration"]["scan_threshold"]
+    assert res["flag"] is False and res["score"] <= thr  # a healthy volunteer
+    qc = res["qc"]
+    assert qc["brain_method"] == "deepbet" and 1100 < qc["brain_volume_ml"] < 1900
+    assert qc["registration_similarity"] > 0.6 and qc["brain_inside_grid"] > 0.99
+    # every map on the scanner's own grid; nothing outside the brain
+    vol = discover(REAL).scans[0].load()
+    amap, brain = nib.load(scan_dir / "anomaly_map.nii.gz"), nib.load(scan_dir / "brain_mask.nii.gz")
+    for img in (amap, brain, nib.load(scan_dir / "mask.nii.gz")):
+        assert img.shape == vol.shape and np.allclose(img.affine, vol.affine, atol=1e-4)
+    a, b = np.asarray(amap.dataobj), np.asarray(brain.dataobj) > 0
+    assert np.all(a[~b] == 0) and 0.1 < b.mean() < 0.5
+    assert (scan_dir / "seg.dcm").is_file() and (scan_dir / "pmap.dcm").is_file()
+    # scores.csv shows the QC numbers next to the score
+    header = (out / "scores.csv").read_text().splitlines()[0].split(",")
+    assert {"brain_volume_ml", "registration_similarity", "brain_inside_grid"} <= set(header)
