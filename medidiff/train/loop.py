@@ -342,8 +342,13 @@ class Trainer:
         stopped = "max_steps"
         start_step = self.step
         prog = _Progress(total, self.step, enabled=self.progress, budget=budget)
+        stop_signal: list[int] = []
+        previous = _catch_stop_signals(stop_signal)
         try:
             while self.step < total:
+                if self._any(bool(stop_signal)):  # SIGTERM/SIGINT: finish this step's bookkeeping, save, exit
+                    stopped = "signal"
+                    break
                 if budget is not None:
                     elapsed = time.monotonic() - t_start
                     est = float(np.median(step_times[-20:])) if step_times else 0.0
@@ -374,6 +379,7 @@ class Trainer:
                     self.save(stopped=None, seconds=time.monotonic() - t_start)
         finally:
             prog.close()
+            _restore_signals(previous)
         if window and self.is_main:
             self.history.append({"step": self.step, "loss": float(np.mean(window)),
                                  "lr": float(self.lr_sched.get_last_lr()[0])})
@@ -389,6 +395,27 @@ class Trainer:
         done = self.step - start_step
         return TrainResult(self.out, self.step, self._last("loss"), self._last("val_loss"), stopped, seconds,
                            (done / sum(step_times)) if step_times else None, list(self.history))
+
+
+def _catch_stop_signals(flag: list[int]) -> dict[int, Any]:
+    """SIGTERM/SIGINT set ``flag`` so training stops at the next step boundary with a full save
+    (a batch scheduler's pre-emption or Ctrl-C never costs more than one step). Main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, lambda signum, frame: flag.append(signum))
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 class _Progress:
