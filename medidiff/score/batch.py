@@ -15,13 +15,14 @@ Layout of an output folder::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -173,28 +174,25 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
                  overrides: tuple[str, ...] = (), config_path: str | Path | None = None,
                  shard: str | None = None, limit: int | None = None, overwrite: bool = False,
                  write_reconstruction: bool = False, dicom_outputs: bool = True, device: str = "auto",
-                 progress: bool = True, log: Callable[[str], None] = print) -> RunSummary:
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 cluster: str | None = None) -> RunSummary:
+    """Score every scan under ``input_path`` into ``out_dir``; with ``cluster`` (``local[:N]``,
+    a scheduler address or scheduler file) scans are scored by Dask workers, see :mod:`.cluster`."""
     import time
 
     from ..io.discover import discover
-    from ..runtime import resolve_device, set_threads
-    from ..train.checkpoint import load_model
-    from .calibration import Calibration
-    from .config import load_score_config
-    from .pipeline import Scorer
+    from ..runtime import set_threads
 
     t_start = time.perf_counter()
+    if cluster is not None:  # a bad --cluster value or a missing extra fails before any work
+        from .cluster import parse_cluster
+
+        cluster_spec = parse_cluster(cluster)
     set_threads()
     out = Path(out_dir)
     prepare_out(out)
-    loaded = load_model(model_dir, device=resolve_device(device))
-    calibration = Calibration.load(model_dir, model_hash=loaded.model_hash)
-    # A calibrated model folder carries the settings its thresholds are valid for.
-    base = calibration.score_config if calibration is not None and config_path is None else None
-    cfg = load_score_config(config_path, overrides, base=base)
-    if calibration is not None and calibration.score_config_hash != cfg.hash():
-        log("warning: scoring settings differ from the calibrated ones; thresholds, flags and percentiles "
-            "are not valid for these settings (re-run `medidiff calibrate` with the same --set)")
+    scorer = load_scorer(model_dir, config_path, overrides, device, log)
+    loaded, cfg, calibration = scorer.loaded, scorer.cfg, scorer.calibration
     run_info = {
         "model_hash": loaded.model_hash,
         "config_hash": cfg.hash(),
@@ -227,70 +225,155 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
     if limit is not None:
         todo = todo[:limit]
     summary.n_in_shard = len(todo)
-    scorer = Scorer(loaded, cfg, calibration)
-    scans_root = out / "scans"
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = [TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("score", total=len(todo), current="")
+    job = ScanJob(scans_root=out / "scans", model_hash=loaded.model_hash, config_hash=run_info["config_hash"],
+                  write_reconstruction=write_reconstruction, dicom_outputs=dicom_outputs)
+    engine: dict[str, Any] | None = None
+    with _progress_bar(progress, len(todo)) as advance:
+        pending = []
         for ref in todo:
-            bar.update(task, current=ref.scan_id)
-            scan_dir = safe_join(scans_root, ref.scan_id)
-            if not overwrite and _complete(scan_dir, run_info):
+            if not overwrite and _complete(safe_join(job.scans_root, ref.scan_id), run_info):
                 summary.n_skipped_complete += 1
-                bar.advance(task)
-                continue
-            record: dict[str, Any] = {"scan_id": ref.scan_id, "source_path": ref.source, "format": ref.format,
-                                      "model_hash": loaded.model_hash, "config_hash": run_info["config_hash"]}
-            t0 = time.perf_counter()
-            _remove_stale_temps(scan_dir)
-            try:
-                volume = ref.load()
-                _check_modality(volume, loaded.preprocess_config.modality)
-                check_content(volume)
-                result = scorer.score_volume(volume, with_reconstruction=write_reconstruction, keep_model_grid=True)
-                mg, result.model_grid = result.model_grid, None
-                if mg is not None and not mg.mask.any():
-                    raise ScanError(ref.source, "no foreground found to score (the image is blank or nearly "
-                                                "constant after preprocessing)",
-                                    "check the scan; for CT or unusual contrasts set preprocess.foreground")
-                del mg
-                outputs = _write_outputs(scan_dir, volume, result, loaded.model_hash, dicom_outputs, log)
-                record.update(status="ok", error="", score=result.score, percentile=result.percentile,
-                              flag=result.flag, n_evals=result.n_evals, seconds=round(time.perf_counter() - t0, 3),
-                              outputs=outputs, shape=list(volume.shape), affine=volume.affine.tolist(),
-                              warnings=result.warnings, finished=_now())
-                summary.n_scored += 1
-            except Exception as exc:  # recorded, and the batch goes on
-                reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-                if isinstance(exc, MemoryError):
-                    reason = (f"{ref.source}: out of memory while scoring {tuple(ref.shape)} voxels "
-                              "(score it alone, or lower MEDIDIFF_MAX_VOXELS to skip such scans)")
-                elif isinstance(exc, OSError) and not isinstance(exc, ScanError):
-                    reason = (f"{ref.source}: cannot write outputs to {scan_dir} ({exc.strerror or reason}); "
-                              "check free space and permissions of --out, then re-run (finished scans are kept)")
-                elif not isinstance(exc, ScanError):
-                    reason = (f"{ref.source}: unexpected {exc.__class__.__name__}: {reason} "
-                              "(please report this with the scan's header)")
-                record.update(status="failed", error=reason, score=None, percentile=None, flag=None,
-                              n_evals=0, seconds=round(time.perf_counter() - t0, 3), outputs={}, finished=_now())
-                summary.n_failed += 1
-                summary.failures.append({"scan_id": ref.scan_id, "error": reason})
-                log(f"failed: {reason}")
-            scan_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(scan_dir / RESULT_FILE, json.dumps(record, indent=2, default=_json_default))
-            bar.advance(task)
+                advance("")
+            else:
+                pending.append(ref)
+
+        def done(record: dict[str, Any]) -> None:
+            _count(summary, record, log)
+            advance(record["scan_id"])
+
+        if cluster is None:
+            for ref in pending:
+                done(score_one(scorer, job, ref))
+        else:
+            from .cluster import score_on_cluster
+
+            engine = score_on_cluster(cluster_spec, (model_dir, config_path, overrides, device), job, pending,
+                                      on_record=done, log=log)
 
     summary.seconds = round(time.perf_counter() - t_start, 2)
     write_tables(out)
     summary_dict = dict(summary.__dict__)
     summary_dict.update(model_hash=loaded.model_hash, config_hash=run_info["config_hash"], finished=_now(),
                         calibrated=calibration is not None)
+    if engine is not None:
+        summary_dict["cluster"] = engine
     write_text_atomic(out / "summary.json", json.dumps(summary_dict, indent=2, default=_json_default))
     return summary
+
+
+def load_scorer(model_dir: str | Path, config_path: str | Path | None, overrides: tuple[str, ...],
+                device: str = "auto", log: Callable[[str], None] = print):
+    """The model, its calibration and the scoring settings, exactly as a batch run uses them
+    (cluster workers call this too, so every worker scores with the same settings)."""
+    from ..runtime import resolve_device
+    from ..train.checkpoint import load_model
+    from .calibration import Calibration
+    from .config import load_score_config
+    from .pipeline import Scorer
+
+    loaded = load_model(model_dir, device=resolve_device(device))
+    calibration = Calibration.load(model_dir, model_hash=loaded.model_hash)
+    # A calibrated model folder carries the settings its thresholds are valid for.
+    base = calibration.score_config if calibration is not None and config_path is None else None
+    cfg = load_score_config(config_path, overrides, base=base)
+    if calibration is not None and calibration.score_config_hash != cfg.hash():
+        log("warning: scoring settings differ from the calibrated ones; thresholds, flags and percentiles "
+            "are not valid for these settings (re-run `medidiff calibrate` with the same --set)")
+    return Scorer(loaded, cfg, calibration)
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """What scoring one scan needs besides the scorer: small and picklable (sent to cluster workers)."""
+    scans_root: Path
+    model_hash: str
+    config_hash: str
+    write_reconstruction: bool = False
+    dicom_outputs: bool = True
+
+
+def score_one(scorer, job: ScanJob, ref) -> dict[str, Any]:
+    """Score one scan, write its outputs and then its result.json (last: it marks the scan
+    complete), and return that record. Any failure becomes a ``failed`` record."""
+    import time
+
+    scan_dir = safe_join(job.scans_root, ref.scan_id)
+    t0 = time.perf_counter()
+    _remove_stale_temps(scan_dir)
+    try:
+        volume = ref.load()
+        _check_modality(volume, scorer.loaded.preprocess_config.modality)
+        check_content(volume)
+        result = scorer.score_volume(volume, with_reconstruction=job.write_reconstruction, keep_model_grid=True)
+        mg, result.model_grid = result.model_grid, None
+        if mg is not None and not mg.mask.any():
+            raise ScanError(ref.source, "no foreground found to score (the image is blank or nearly "
+                                        "constant after preprocessing)",
+                            "check the scan; for CT or unusual contrasts set preprocess.foreground")
+        del mg
+        outputs = _write_outputs(scan_dir, volume, result, job.model_hash, job.dicom_outputs)
+        record = _record(job, ref)
+        record.update(status="ok", error="", score=result.score, percentile=result.percentile,
+                      flag=result.flag, n_evals=result.n_evals, seconds=round(time.perf_counter() - t0, 3),
+                      outputs=outputs, shape=list(volume.shape), affine=volume.affine.tolist(),
+                      warnings=result.warnings, finished=_now())
+    except Exception as exc:  # recorded, and the batch goes on
+        record = failed_record(job, ref, _failure_reason(exc, ref, scan_dir), time.perf_counter() - t0)
+    write_result(job, record)
+    return record
+
+
+def _record(job: ScanJob, ref) -> dict[str, Any]:
+    return {"scan_id": ref.scan_id, "source_path": ref.source, "format": ref.format,
+            "model_hash": job.model_hash, "config_hash": job.config_hash}
+
+
+def failed_record(job: ScanJob, ref, reason: str, seconds: float = 0.0) -> dict[str, Any]:
+    record = _record(job, ref)
+    record.update(status="failed", error=reason, score=None, percentile=None, flag=None,
+                  n_evals=0, seconds=round(seconds, 3), outputs={}, finished=_now())
+    return record
+
+
+def write_result(job: ScanJob, record: dict[str, Any]) -> None:
+    scan_dir = safe_join(job.scans_root, record["scan_id"])
+    scan_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(scan_dir / RESULT_FILE, json.dumps(record, indent=2, default=_json_default))
+
+
+def _failure_reason(exc: Exception, ref, scan_dir: Path) -> str:
+    reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    if isinstance(exc, MemoryError):
+        return (f"{ref.source}: out of memory while scoring {tuple(ref.shape)} voxels "
+                "(score it alone, or lower MEDIDIFF_MAX_VOXELS to skip such scans)")
+    if isinstance(exc, OSError) and not isinstance(exc, ScanError):
+        return (f"{ref.source}: cannot write outputs to {scan_dir} ({exc.strerror or reason}); "
+                "check free space and permissions of --out, then re-run (finished scans are kept)")
+    if not isinstance(exc, ScanError):
+        return (f"{ref.source}: unexpected {exc.__class__.__name__}: {reason} "
+                "(please report this with the scan's header)")
+    return reason
+
+
+def _count(summary: RunSummary, record: dict[str, Any], log: Callable[[str], None]) -> None:
+    if record["status"] == "ok":
+        summary.n_scored += 1
+        return
+    summary.n_failed += 1
+    summary.failures.append({"scan_id": record["scan_id"], "error": record["error"]})
+    log(f"failed: {record['error']}")
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
+    """A rich bar with ETA; yields ``advance(scan_id)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
+    with Progress(*columns, disable=not enabled, transient=False) as bar:
+        task = bar.add_task("score", total=total, current="")
+        yield lambda scan_id: bar.update(task, advance=1, current=scan_id)
 
 
 def _remove_stale_temps(scan_dir: Path) -> None:
@@ -314,8 +397,7 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
-def _write_outputs(scan_dir: Path, volume, result, model_hash: str, dicom_outputs: bool,
-                   log: Callable[[str], None]) -> dict[str, str]:
+def _write_outputs(scan_dir: Path, volume, result, model_hash: str, dicom_outputs: bool) -> dict[str, str]:
     scan_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"anomaly_map": "anomaly_map.nii.gz"}
     write_nifti(result.anomaly_map, scan_dir / outputs["anomaly_map"], like=volume, dtype=np.float32)
