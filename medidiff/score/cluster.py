@@ -85,13 +85,13 @@ def connect(spec: ClusterSpec) -> Iterator[Any]:
     if spec.kind == "local":
         # One task at a time per worker process: the network already uses the cores via torch threads.
         with distributed.LocalCluster(n_workers=spec.n_workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                                      dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
                 distributed.Client(cluster) as client:
             yield client
         return
     kwargs = {"scheduler_file": spec.target} if spec.kind == "scheduler_file" else {"address": spec.target}
     try:
-        client = distributed.Client(timeout="30s", **kwargs)
+        client = distributed.Client(**kwargs)  # timeout: Dask's distributed.comm.timeouts.connect (30 s)
     except (OSError, TimeoutError) as exc:
         raise ClusterUnavailable(f"--cluster {spec.target}: cannot reach the Dask scheduler ({exc}); start it with "
                                  "`dask scheduler` and check the address and firewall") from exc
