@@ -115,7 +115,7 @@ def shared_cluster():
 
 def _small_scans(src: Path) -> None:
     for i in range(N_SCANS):
-        save_nifti(src / f"scan{i}.nii", blob((48, 48, 40), seed=i), spacing=2.0)
+        save_nifti(src / f"scan{i}.nii", blob((72, 72, 60), seed=i), spacing=1.5)
 
 
 def _score_in_background(model, src, out, address):
@@ -133,16 +133,14 @@ def _score_in_background(model, src, out, address):
     return thread, box
 
 
-def _kill_one_worker_mid_batch(client, out: Path, thread) -> int:
+def _kill_one_worker_mid_batch(client, out: Path, thread, victim: int) -> None:
     n_done = lambda: len(list((out / "scans").glob("*/result.json")))  # noqa: E731
     t0 = time.monotonic()
-    while n_done() < 1:
+    while (done := n_done()) < 1:
         assert thread.is_alive() and time.monotonic() - t0 < 120, "no scan finished"
-        time.sleep(0.02)
-    victim = sorted(client.run(os.getpid).values())[0]
+        time.sleep(0.01)
     os.kill(victim, signal.SIGKILL)
-    assert n_done() <= N_SCANS - 3, "the kill did not land mid-batch"  # both workers still had scans to do
-    return victim
+    assert done <= N_SCANS - 3, "the kill did not land mid-batch"  # both workers still had scans to do
 
 
 def _finish(thread, box, client):
@@ -157,15 +155,16 @@ def _assert_no_partial_files(out: Path) -> None:
     for d in (out / "scans").iterdir():
         res = json.loads((d / "result.json").read_text())
         for rel in res["outputs"].values():
-            assert nib.load(d / rel).shape == (48, 48, 40)
+            assert nib.load(d / rel).shape == (72, 72, 60)
 
 
 def test_worker_killed_mid_batch_still_completes(shared_cluster, tiny_model_dir, tmp_path):
     cluster, client = shared_cluster
     src, out = tmp_path / "in", tmp_path / "out"
     _small_scans(src)
+    victim = min(client.run(os.getpid).values())
     thread, box = _score_in_background(tiny_model_dir, src, out, cluster.scheduler_address)
-    victim = _kill_one_worker_mid_batch(client, out, thread)
+    _kill_one_worker_mid_batch(client, out, thread, victim)
     summary = _finish(thread, box, client)
     assert victim not in client.run(os.getpid).values()
     assert summary.n_scored == N_SCANS and summary.n_failed == 0
@@ -184,8 +183,9 @@ def test_scan_whose_workers_all_die_is_a_failed_row_and_rerun_finishes_it(shared
     # no second chance: scans on the killed worker fail at once (Dask's default allows 3 deaths)
     allowed, cluster.scheduler.allowed_failures = cluster.scheduler.allowed_failures, 0
     try:
+        victim = min(client.run(os.getpid).values())
         thread, box = _score_in_background(tiny_model_dir, src, out, cluster.scheduler_address)
-        _kill_one_worker_mid_batch(client, out, thread)
+        _kill_one_worker_mid_batch(client, out, thread, victim)
         summary = _finish(thread, box, client)
     finally:
         cluster.scheduler.allowed_failures = allowed
