@@ -195,7 +195,11 @@ def score_on_cluster(spec: ClusterSpec, scorer_args: tuple, job: ScanJob, refs: 
                 stats["scans"] += 1
                 stats["busy_seconds"] += done["seconds"]
             on_record(record)
-    return _engine_summary(spec, n_workers, per_worker, len(refs), time.perf_counter() - t0)
+    engine = _engine_summary(spec, n_workers, per_worker, len(refs), time.perf_counter() - t0)
+    if refs:
+        log(f"cluster: {len(engine['workers'])} workers scored {len(refs)} scans at "
+            f"{engine['scans_per_minute']} scans/min (per worker: summary.json)")
+    return engine
 
 
 def _engine_summary(spec: ClusterSpec, n_workers: int, per_worker: dict[str, dict[str, float]], n_scans: int,
