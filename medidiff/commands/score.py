@@ -24,6 +24,9 @@ def score(
     report: bool = typer.Option(True, "--report/--no-report", help="Build the HTML report when done."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", help="Score on Dask workers: local[:N] (N worker processes on this machine), "
+        "tcp://HOST:8786 (a running `dask scheduler`) or a scheduler .json file. Needs medidiff[cluster]."),
 ) -> None:
     """Score every scan under INPUT: anomaly maps and masks in each scan's own grid,
     a scores table (CSV + JSONL) and a run summary."""
@@ -37,7 +40,7 @@ def score(
         summary = score_folder(model, input, out, overrides=tuple(set_), config_path=config, shard=shard,
                                limit=limit, overwrite=overwrite, write_reconstruction=reconstruction,
                                dicom_outputs=dicom_outputs, device=device, progress=progress,
-                               log=lambda m: typer.echo(m, err=True))
+                               log=lambda m: typer.echo(m, err=True), cluster=cluster)
     typer.echo(summary.line())
     if report:
         from ..report.build import build_report

@@ -15,6 +15,7 @@ Layout of an output folder::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -216,26 +217,35 @@ def failure_reason(exc: BaseException, ref, scan_dir: Path) -> str:
     return reason
 
 
-def run_jobs(job: ScanJob, todo, summary: RunSummary, progress: bool = True, label: str = "scoring") -> None:
-    """Score ``todo`` one by one with a progress bar; fills ``summary``."""
+def count_record(summary: RunSummary, record: ScanRecord) -> None:
+    if record.status == "ok":
+        summary.n_scored += 1
+    else:
+        summary.n_failed += 1
+        summary.failures.append({"scan_id": record.scan_id, "error": record.error})
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, label: str):
+    """A rich progress bar with ETA; yields ``advance(current_text)``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("score", total=len(todo), current="")
+    with Progress(*columns, disable=not enabled, transient=False) as bar:
+        task = bar.add_task("score", total=total, current="")
+        yield lambda current: bar.update(task, advance=1, current=current)
+
+
+def run_jobs(job: ScanJob, todo, summary: RunSummary, progress: bool = True, label: str = "scoring") -> None:
+    """Score ``todo`` one by one with a progress bar; fills ``summary``."""
+    with _progress(progress, len(todo), label) as advance:
         for ref in todo:
-            bar.update(task, current=ref.scan_id)
             if job.is_complete(ref):
                 summary.n_skipped_complete += 1
             else:
-                record = job.run(ref)
-                if record.status == "ok":
-                    summary.n_scored += 1
-                else:
-                    summary.n_failed += 1
-                    summary.failures.append({"scan_id": ref.scan_id, "error": record.error})
-            bar.advance(task)
+                count_record(summary, job.run(ref))
+            advance(ref.scan_id)
 
 
 def finish_run(out: Path, summary: RunSummary, run_info: dict[str, Any], **extra: Any) -> None:
@@ -278,41 +288,59 @@ def calibration_for_run(calibration) -> dict[str, Any] | None:
     return d
 
 
-def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | Path, *,
-                 overrides: tuple[str, ...] = (), config_path: str | Path | None = None,
-                 shard: str | None = None, limit: int | None = None, overwrite: bool = False,
-                 write_reconstruction: bool = False, dicom_outputs: bool = True, device: str = "auto",
-                 progress: bool = True, log: Callable[[str], None] = print) -> RunSummary:
-    import time
-
-    from ..runtime import resolve_device, set_threads
+def load_scorer(model_dir: str | Path, config_path: str | Path | None = None, overrides: tuple[str, ...] = (),
+                device: str = "auto", log: Callable[[str], None] = print):
+    """The model, its calibration and the scoring settings exactly as a batch run uses them
+    (Dask workers call this too, so every worker scores with the same settings)."""
+    from ..runtime import resolve_device
     from ..train.checkpoint import load_model
     from .calibration import Calibration
     from .config import load_score_config
     from .pipeline import Scorer
 
-    t_start = time.perf_counter()
-    set_threads()
-    out = Path(out_dir)
-    prepare_out(out)
     loaded = load_model(model_dir, device=resolve_device(device))
     calibration = Calibration.load(model_dir, model_hash=loaded.model_hash)
     # A calibrated model folder carries the settings its thresholds are valid for.
     base = calibration.score_config if calibration is not None and config_path is None else None
     cfg = load_score_config(config_path, overrides, base=base)
     scorer = Scorer(loaded, cfg, calibration)
-    config_hash = scorer.settings_hash()
-    if calibration is not None and calibration.score_config_hash != config_hash:
+    if calibration is not None and calibration.score_config_hash != scorer.settings_hash():
         log("warning: scoring settings differ from the calibrated ones "
             f"({_settings_diff(calibration, cfg, scorer.runtime_settings())}); thresholds, flags and percentiles "
             "are not valid for these settings (re-run `medidiff calibrate` with the same --set on this device)")
+    return scorer
+
+
+def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | Path, *,
+                 overrides: tuple[str, ...] = (), config_path: str | Path | None = None,
+                 shard: str | None = None, limit: int | None = None, overwrite: bool = False,
+                 write_reconstruction: bool = False, dicom_outputs: bool = True, device: str = "auto",
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 cluster: str | None = None) -> RunSummary:
+    """Score every scan under ``input_path`` into ``out_dir``; with ``cluster`` (``local[:N]``,
+    a scheduler address or scheduler file) Dask workers score the scans, see :mod:`.cluster`."""
+    import time
+
+    from ..runtime import set_threads
+
+    t_start = time.perf_counter()
+    cluster_spec = None
+    if cluster is not None:  # a bad --cluster value or a missing extra fails before any work
+        from .cluster import parse_cluster
+
+        cluster_spec = parse_cluster(cluster)
+    set_threads()
+    out = Path(out_dir)
+    prepare_out(out)
+    scorer = load_scorer(model_dir, config_path, overrides, device, log)
+    loaded, cfg, calibration = scorer.loaded, scorer.cfg, scorer.calibration
     if calibration is not None:
         for w in calibration.warnings:
             log(f"calibration warning: {w}")
     run_info = {
         "method": "medidiff",
         "model_hash": loaded.model_hash,
-        "config_hash": config_hash,
+        "config_hash": scorer.settings_hash(),
         "score_config": cfg.to_dict(),
         "runtime": scorer.runtime_settings(),
         "calibrated": calibration is not None,
@@ -328,10 +356,37 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
     job = ScanJob(out=out, run_info=run_info, modality=loaded.preprocess_config.modality, overwrite=overwrite,
                   dicom_outputs=dicom_outputs, log=log,
                   score_one=lambda v: scorer.score_volume(v, with_reconstruction=write_reconstruction))
-    run_jobs(job, todo, summary, progress)
+    extra: dict[str, Any] = {}
+    if cluster_spec is None:
+        run_jobs(job, todo, summary, progress)
+    else:
+        extra["cluster"] = _run_on_cluster(cluster_spec, job, todo, summary, progress,
+                                           (model_dir, config_path, overrides, device), write_reconstruction)
     summary.seconds = round(time.perf_counter() - t_start, 2)
-    finish_run(out, summary, run_info)
+    finish_run(out, summary, run_info, **extra)
     return summary
+
+
+def _run_on_cluster(spec, job: ScanJob, todo, summary: RunSummary, progress: bool, scorer_args: tuple,
+                    write_reconstruction: bool) -> dict[str, Any]:
+    """Finished scans are skipped here; the rest go to Dask workers (same ScanJob.run there)."""
+    from .cluster import RemoteJob, score_on_cluster
+
+    pending = []
+    for ref in todo:
+        if job.is_complete(ref):
+            summary.n_skipped_complete += 1
+        else:
+            pending.append(ref)
+    remote = RemoteJob(out=job.out, run_info=job.run_info, modality=job.modality, scorer_args=scorer_args,
+                       overwrite=job.overwrite, dicom_outputs=job.dicom_outputs,
+                       write_reconstruction=write_reconstruction)
+    with _progress(progress, len(pending), "scoring") as advance:
+        def done(record: ScanRecord) -> None:
+            count_record(summary, record)
+            advance(record.scan_id)
+
+        return score_on_cluster(spec, remote, pending, on_record=done, log=job.log)
 
 
 def _settings_diff(calibration, cfg, runtime: dict[str, Any]) -> str:
