@@ -19,8 +19,10 @@ def _method(shrink: list[int], sigmas: list[float], seed: int, fixed_mask):
 
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.10, seed)  # fixed seed: the same scan always registers the same way
+    # REGULAR (a jittered grid) rather than RANDOM sampling: on real heads random 10 % samples let the
+    # metric noise push some scans into a pitched local optimum (NCC 0.58 vs 0.67 on the same scan)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(0.20, seed)  # fixed seed: the same scan always registers the same way
     reg.SetMetricFixedMask(fixed_mask)  # samples where the template has brain (not its empty box)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=100,
