@@ -395,6 +395,7 @@ def preprocess_template(volume: Volume, cfg: PreprocessConfig) -> Preprocessed:
     else:
         image, info = normalize(image, fg, cfg)
     qc = dict(fe.qc, brain_inside_grid=round(inside, 4),
+              scan_to_template=np.round(np.linalg.inv(fe.template_to_scan), 6).tolist(),
               frontend_seconds={k: round(v, 2) for k, v in fe.seconds.items()})
     return Preprocessed(image=image, foreground=fg, mapping=mapping, intensity=info,
                         brain_source=fe.brain_source, qc=qc)

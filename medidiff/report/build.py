@@ -313,7 +313,9 @@ def _render_entry(ctx: RunContext, entry: ScanEntry, page_dir: Path) -> None:
     entry.has_gt = gt is not None
     supra = supra_threshold(amap_arr, mask[0] if mask is not None else None, ctx.voxel_threshold)
     if supra is not None:
-        entry.clusters = find_clusters(amap_arr, supra, affine)
+        to_template = (entry.result.get("qc") or {}).get("scan_to_template")  # registered scans: MNI names
+        entry.clusters = find_clusters(amap_arr, supra, affine,
+                                       np.asarray(to_template) if to_template is not None else None)
     worlds = [c.centroid_world for c in entry.clusters.clusters] if entry.clusters else []
     entry.views = render_scan(img_dir, amap_arr, affine, ctx.scale, scan=scan_arr,
                               mask=mask[0] if mask is not None else None, gt=gt,

@@ -46,8 +46,12 @@ def supra_threshold(amap: np.ndarray, mask: np.ndarray | None, threshold: float 
     return None
 
 
-def find_clusters(amap: np.ndarray, supra: np.ndarray, affine: np.ndarray) -> ClusterStats:
-    """26-connected components of ``supra`` with size, centre, peak and region name."""
+def find_clusters(amap: np.ndarray, supra: np.ndarray, affine: np.ndarray,
+                  to_template: np.ndarray | None = None) -> ClusterStats:
+    """26-connected components of ``supra`` with size, centre, peak and region name.
+
+    ``to_template``: the front end's scan → MNI matrix (RAS mm); with it the region is named
+    from the centre's template coordinates, otherwise from the scanner's RAS coordinates."""
     from scipy import ndimage
 
     labels, n = ndimage.label(supra, structure=np.ones((3, 3, 3), bool))
@@ -65,8 +69,9 @@ def find_clusters(amap: np.ndarray, supra: np.ndarray, affine: np.ndarray) -> Cl
         inside = idx[np.argmin(((idx - centre) ** 2).sum(axis=1))]  # a ring's centre may lie outside it
         world = (np.asarray(affine) @ np.array([*centre, 1.0]))[:3]
         w = tuple(float(v) for v in world)
+        where = w if to_template is None else tuple(float(v) for v in (np.asarray(to_template) @ np.r_[world, 1.0])[:3])
         out.append(Cluster(size_mm3=float(counts[k]) * voxel_mm3, n_voxels=int(counts[k]),
                            centroid_ijk=tuple(int(v) for v in inside),  # type: ignore[arg-type]
                            centroid_world=w,  # type: ignore[arg-type]
-                           peak_value=float(a[tuple(idx.T)].max()), region=region_name(w)))
+                           peak_value=float(a[tuple(idx.T)].max()), region=region_name(where)))
     return ClusterStats(n_clusters=int(n), total_mm3=float(counts.sum()) * voxel_mm3, clusters=out)

@@ -49,3 +49,20 @@ def test_region_names_for_mni_points():
     # a template atlas, when given, names the point instead of the boxes
     assert region_name((-40, 20, 30), atlas=lambda p: "middle frontal gyrus") == "left middle frontal gyrus"
     assert region_name((-40, 20, 30), atlas=lambda p: None) == "left frontal lobe"
+
+
+def test_registered_scans_name_regions_from_template_coordinates():
+    import numpy as np
+
+    from medidiff.report.clusters import find_clusters
+
+    amap = np.zeros((20, 20, 20), np.float32)
+    amap[2:5, 9:12, 9:12] = 5
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-20, -20, -20]  # the cluster's centre sits at x = -14 mm (left) in scanner RAS
+    plain = find_clusters(amap, amap > 1, affine)
+    assert plain.largest.region.startswith("left")
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])  # a registration that mirrors x: in MNI the centre is on the right
+    registered = find_clusters(amap, amap > 1, affine, flip)
+    assert registered.largest.region.startswith("right")
+    assert registered.largest.centroid_world == plain.largest.centroid_world  # shown in the scan's own RAS
