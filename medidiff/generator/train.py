@@ -161,15 +161,19 @@ class Stage:
         return {"loss": float(loss.detach()), **parts}
 
     def run(self, deadline: float | None, on_checkpoint: Callable[["Stage"], None] | None = None,
-            log_fn: Callable[[str], None] = print) -> str:
-        """Train until max_steps or the wall-clock ``deadline`` (time.monotonic()); returns why it stopped."""
+            log_fn: Callable[[str], None] = print, max_new_steps: int | None = None) -> str:
+        """Train until max_steps, the wall-clock ``deadline`` (time.monotonic()) or ``max_new_steps``
+        steps in this call; returns why it stopped."""
         stopped = "max_steps"
         window: list[dict[str, float]] = []
         t_wall, t_cpu = time.monotonic(), time.process_time()
-        last_save = self.step
+        last_save = start = self.step
         while not self.finished:
             if deadline is not None and time.monotonic() >= deadline:
                 stopped = "time_budget"
+                break
+            if max_new_steps is not None and self.step - start >= max_new_steps:
+                stopped = "step_budget"
                 break
             window.append(self.train_step())
             if self.step % int(self.scfg.log_every) == 0 or self.finished:
@@ -307,10 +311,11 @@ def _stage_done(run_dir: Path, name: str) -> tuple[int, int] | None:
 
 
 def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, splits: Sequence[str] | None = None,
-                    resume: bool = False, max_minutes: float | None = None, device: str = "cpu",
-                    log_fn: Callable[[str], None] = print) -> dict[str, Any]:
-    """Stage 1 until its max_steps, then stage 2, within ``max_minutes`` of wall clock (None: no limit).
-    Without ``resume`` the run folder must not hold a started run."""
+                    resume: bool = False, max_minutes: float | None = None, max_new_steps: int | None = None,
+                    device: str = "cpu", log_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 1 until its max_steps, then stage 2, within ``max_minutes`` of wall clock and
+    ``max_new_steps`` steps of both stages together (None: no limit). Without ``resume`` the run
+    folder must not hold a started run."""
     from ..runtime import resolve_device
 
     run_dir = Path(out)
@@ -329,7 +334,10 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
         log_fn(f"autoencoder: resumed at step {ae_stage.step}")
     report: dict[str, Any] = {"run_dir": str(run_dir), "stopped": None}
     if not ae_stage.finished:
-        report["stopped"] = ae_stage.run(deadline, log_fn=log_fn)
+        ae_start = ae_stage.step
+        report["stopped"] = ae_stage.run(deadline, log_fn=log_fn, max_new_steps=max_new_steps)
+        if max_new_steps is not None:
+            max_new_steps -= ae_stage.step - ae_start
         _plot(run_dir, ae_stage, None)
     report["autoencoder"] = ae_stage.summary()
     if not ae_stage.finished:
@@ -362,7 +370,7 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
     if lat_stage.finished and not (run_dir / ckpt.META_FILE).is_file():
         export(lat_stage)
     if not lat_stage.finished:
-        report["stopped"] = lat_stage.run(deadline, on_checkpoint=export, log_fn=log_fn)
+        report["stopped"] = lat_stage.run(deadline, on_checkpoint=export, log_fn=log_fn, max_new_steps=max_new_steps)
     report["latent"] = lat_stage.summary()
     report["scale_factor"] = scale
     report["model"] = str(run_dir) if (run_dir / ckpt.META_FILE).is_file() else None
