@@ -89,5 +89,8 @@ def synthesize(
         summary = synthesize_run(model, out, opts, device=device, progress=progress,
                                  log=lambda m: typer.echo(m, err=True))
     typer.echo(summary.line())
+    for row in (summary.quality or {}).get("comparison") or []:
+        typer.echo(f"  {row['measure']}: samples {row['samples']:.4g}, real {row['real']:.4g} "
+                   f"(target {row['target']}: {'met' if row['met'] else 'MISSED'})")
     if summary.labels is not None:
         typer.echo(f"labels: {summary.labels}")

@@ -177,3 +177,18 @@ def test_synthesize_writes_template_space_samples(template_generator, tmp_path):
     a = nib.load(str(tmp_path / "out" / "clean" / "synth_00001.nii.gz")).get_fdata()
     b = nib.load(str(tmp_path / "one" / "images" / "synth_00001.nii.gz")).get_fdata()
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_synthesize_quality_report_has_real_vs_real_references(trained, scans, tmp_path):
+    from medidiff.sampling.run import SynthOptions, synthesize_run
+
+    opts = SynthOptions(n=3, sampler=SamplerConfig(batch_size=3), reference=scans, train_data=scans)
+    summary = synthesize_run(trained[0], tmp_path / "q", opts, device="cpu", progress=False, log=lambda m: None)
+    rvr = summary.quality["reference"]["real_vs_real"]
+    assert rvr["n_per_side"] == 2
+    for key in ("mmd2_rbf_pooled2", "feature_frechet", "intensity_wasserstein_fg"):
+        assert set(rvr[key]) >= {"samples_vs_real", "real_vs_real"}
+    measures = {r["measure"] for r in summary.quality["comparison"]}
+    assert {"brain fraction of the grid (mean)", "feature Fréchet distance", "MMD² (RBF, 2x pooled)",
+            "MS-SSIM among scans (mean)", "samples flagged as memorised"} <= measures
+    assert all(isinstance(r["met"], bool) and r["real"] is not None for r in summary.quality["comparison"])
