@@ -440,9 +440,9 @@ def render(result: dict[str, Any], methods: dict[str, Any]) -> str:
         L += ["", "| score type | min component (mm³) | val sample AUROC | val sample AP |", "|---|---|---|---|"]
         ch = result["chosen"]
         for r in result["val_score_types"]:
-            mc = r.get("min_component_mm3", 0)
-            mark = " ✔" if (r["score"], mc) == (ch.get("score"), ch.get("min_component_mm3", 0)) else ""
-            L.append(f"| {r['score']}{mark} | {mc:g} | {_f(r['sample_auroc'])} | {_f(r['sample_ap'])} |")
+            min_comp = r.get("min_component_mm3", 0)
+            mark = " ✔" if (r["score"], min_comp) == (ch.get("score"), ch.get("min_component_mm3", 0)) else ""
+            L.append(f"| {r['score']}{mark} | {min_comp:g} | {_f(r['sample_auroc'])} | {_f(r['sample_ap'])} |")
     L += ["", f"Final scoring overrides: `{' '.join(result['final_overrides'])}`", "",
           "## Machine and command", "",
           f"- CPU: {mc['cpu']}, {mc['cores']} cores (torch threads {mc['torch_threads']})"

@@ -26,14 +26,17 @@ def _ints(values: List[str]) -> list[int]:
 
 
 def synthesize(
-    model: Path = typer.Option(..., "--model", help="Trained model folder."),
+    model: Path = typer.Option(..., "--model", help="Trained model folder: a `medidiff train` run or a latent-diffusion "
+                               "generator (pipelines/train_generator.py)."),
     out: Path = typer.Option(..., "--out", help="Output folder (resumable: a re-run makes only missing samples)."),
     n: Optional[int] = typer.Option(None, "--n", help="Number of samples (indices 0..n-1, seed = --seed + index)."),
     index: List[str] = typer.Option([], "--index", help="Only these indices, e.g. 3 or 0,5-7 (repeatable)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Explicit seeds, one per index, e.g. 11,42,7."),
     seed: int = typer.Option(0, "--seed", help="Base seed: sample i uses seed + i."),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddim (deterministic, eta=0) | ddpm (ancestral, eta=1)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: ddim 50, ddpm 250)."),
+    sampler: str = typer.Option("auto", "--sampler", help="auto (the model's own) | ddim (deterministic, eta=0) | "
+                                "ddpm (ancestral, eta=1) | rflow (rectified-flow latent generators)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: ddim 50, ddpm 250; latent "
+                                        "generators: their latent.default_steps)."),
     spacing: str = typer.Option("quadratic", "--spacing", help="Timestep spacing: quadratic (more steps at low "
                                 "noise) | linear."),
     temperature: float = typer.Option(1.0, "--temperature", help="Scale of initial and stochastic noise "
@@ -86,5 +89,8 @@ def synthesize(
         summary = synthesize_run(model, out, opts, device=device, progress=progress,
                                  log=lambda m: typer.echo(m, err=True))
     typer.echo(summary.line())
+    for row in (summary.quality or {}).get("comparison") or []:
+        typer.echo(f"  {row['measure']}: samples {row['samples']:.4g}, real {row['real']:.4g} "
+                   f"(target {row['target']}: {'met' if row['met'] else 'MISSED'})")
     if summary.labels is not None:
         typer.echo(f"labels: {summary.labels}")

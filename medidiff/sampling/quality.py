@@ -13,6 +13,13 @@ the model's own preprocessing.
   average-pooled volumes (median-heuristic bandwidth), MONAI's linear-kernel
   ``MMDMetric`` (compares means only), 1-D Wasserstein distance between pooled
   foreground intensity histograms, and foreground-volume statistics.
+* **Real-vs-real yardsticks** (``--reference`` with >= 4 scans): the reference is split in
+  two halves A and B; MMD², intensity Wasserstein and a feature Fréchet distance (FID formula
+  on a fixed random-weight 3D conv net, :func:`feature_network`) are computed for A vs B and
+  for as many samples as A holds vs B, so each number stands next to what two sets of real
+  scans of the same size give. ``comparison`` in quality.json lists each target with both
+  numbers (brain fraction ±10 %, Wasserstein <= 0.05, MMD and feature distance <= 1.5x real,
+  MS-SSIM inside the real range, nothing memorised).
 * **Memorization** (``--train-data``): for every sample, the training scan with
   the highest normalized cross-correlation after the model's preprocessing.
   Plain whole-volume NCC is dominated by what all brains share (outline,
@@ -179,6 +186,133 @@ def reference_distance(samples: Sequence[np.ndarray], refs: Sequence[np.ndarray]
     return out
 
 
+# ----------------------------------------------------------------------------- feature distance
+
+FEATURE_WIDTHS = (8, 16, 32)
+
+
+def feature_network(seed: int = 0):
+    """A fixed random-weight 3D conv net (3 stages of conv 3³ + ReLU, 2x average pooling between).
+
+    Why random weights: there is no pretrained 3D brain network to ship (nothing may be downloaded),
+    and the project's own diffusion U-Net changes with every retraining and was trained on the
+    very scans it would judge, which rewards memorisation. Random convolutional features are fixed
+    forever (weights drawn from numpy's seeded PCG64, so they do not depend on the torch version),
+    and they carry texture and structure statistics well enough to rank generators (Naeem et al.
+    2020 recommend random embeddings where no domain network exists). The absolute value means
+    little; compare it with the same distance between two halves of the real scans."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    layers, c_in = [], 1
+    for k, c_out in enumerate(FEATURE_WIDTHS):
+        conv = torch.nn.Conv3d(c_in, c_out, 3, padding=1)
+        w = rng.normal(0.0, math.sqrt(2.0 / (c_in * 27)), size=tuple(conv.weight.shape))
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+            conv.bias.zero_()
+        layers.append(torch.nn.Sequential(*([torch.nn.AvgPool3d(2)] if k else []), conv, torch.nn.ReLU()))
+        c_in = c_out
+    return torch.nn.ModuleList(layers).eval()
+
+
+def volume_features(images: Sequence[np.ndarray], seed: int = 0) -> np.ndarray:
+    """(N, 2 * sum(FEATURE_WIDTHS)) features: per-channel spatial mean and std after every stage."""
+    import torch
+
+    net = feature_network(seed)
+    feats = []
+    with torch.no_grad():
+        for im in images:
+            h = torch.from_numpy(np.asarray(im, dtype=np.float32))[None, None]
+            row = []
+            for stage in net:
+                h = stage(h)
+                row += [h.mean(dim=(2, 3, 4))[0], h.std(dim=(2, 3, 4))[0]]
+            feats.append(torch.cat(row).double().numpy())
+    return np.stack(feats)
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to the feature rows of ``x`` and ``y`` (the FID formula)."""
+    from scipy import linalg
+
+    mx, my = x.mean(axis=0), y.mean(axis=0)
+    cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    import warnings
+
+    with warnings.catch_warnings():  # fewer scans than features: singular covariances are expected here
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = np.real(linalg.sqrtm(cx @ cy))
+    return float(max(0.0, np.sum((mx - my) ** 2) + np.trace(cx) + np.trace(cy) - 2 * np.trace(covmean)))
+
+
+def _halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[: n // 2]), np.sort(perm[n // 2: 2 * (n // 2)])
+
+
+def real_vs_real(samples: Sequence[np.ndarray], refs: Sequence[np.ndarray], sample_fgs: Sequence[np.ndarray],
+                 ref_fgs: Sequence[np.ndarray], seed: int = 0) -> dict[str, Any]:
+    """Each distance twice at the same set sizes: real half A vs real half B (the yardstick) and
+    samples (as many as A holds) vs real half B. Small-sample bias then hits both numbers alike."""
+    from scipy.stats import wasserstein_distance
+
+    if len(refs) < 4 or len(samples) < 2:
+        return {"note": "needs >= 4 reference scans and >= 2 samples"}
+    a, b = _halves(len(refs), seed)
+    k = min(len(a), len(samples))
+    a = a[:k]
+    ra, rb = [refs[i] for i in a], [refs[i] for i in b]
+    sm = list(samples[:k])
+    out: dict[str, Any] = {"n_per_side": int(k), "n_reference_b": int(len(b)), "split_seed": int(seed)}
+    pa, pb, ps = _pool(np.stack(ra)), _pool(np.stack(rb)), _pool(np.stack(sm))
+    out["mmd2_rbf_pooled2"] = {"samples_vs_real": rbf_mmd2(ps, pb)[0], "real_vs_real": rbf_mmd2(pa, pb)[0]}
+    fa, fb, fs = volume_features(ra), volume_features(rb), volume_features(sm)
+    out["feature_frechet"] = {"samples_vs_real": frechet_distance(fs, fb), "real_vs_real": frechet_distance(fa, fb),
+                              "features": f"fixed random 3D conv net, {fa.shape[1]} dims (mean, std per channel)"}
+    va = _fg_values(ra, [ref_fgs[i] for i in a], 200_000, seed)
+    vb = _fg_values(rb, [ref_fgs[i] for i in b], 200_000, seed + 1)
+    vs = _fg_values(sm, list(sample_fgs[:k]), 200_000, seed + 2)
+    if va.size and vb.size and vs.size:
+        out["intensity_wasserstein_fg"] = {"samples_vs_real": float(wasserstein_distance(vs, vb)),
+                                           "real_vs_real": float(wasserstein_distance(va, vb))}
+    return out
+
+
+def comparison_table(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each number next to its real-scan reference: measure, samples, real, target, met."""
+    ref = report.get("reference") or {}
+    rvr = ref.get("real_vs_real") or {}
+    rows: list[dict[str, Any]] = []
+    fg = ref.get("foreground_fraction") or {}
+    s_fg, r_fg = (fg.get("samples") or {}).get("mean"), (fg.get("reference") or {}).get("mean")
+    if s_fg is not None and r_fg:
+        rows.append({"measure": "brain fraction of the grid (mean)", "samples": s_fg, "real": r_fg,
+                     "target": "within ±10 % of real", "met": abs(s_fg - r_fg) <= 0.1 * r_fg})
+    w = rvr.get("intensity_wasserstein_fg")
+    if w:
+        rows.append({"measure": "intensity Wasserstein inside the brain", "samples": w["samples_vs_real"],
+                     "real": w["real_vs_real"], "target": "<= 0.05", "met": w["samples_vs_real"] <= 0.05})
+    for key, name in (("mmd2_rbf_pooled2", "MMD² (RBF, 2x pooled)"), ("feature_frechet", "feature Fréchet distance")):
+        v = rvr.get(key)
+        if v:
+            rows.append({"measure": name, "samples": v["samples_vs_real"], "real": v["real_vs_real"],
+                         "target": "<= 1.5 x real-vs-real",
+                         "met": v["samples_vs_real"] <= 1.5 * max(v["real_vs_real"], 1e-12)})
+    div, rdiv = report.get("diversity") or {}, ref.get("diversity_reference") or {}
+    if div.get("msssim_mean") is not None and rdiv.get("msssim_min") is not None:
+        lo, hi = rdiv["msssim_min"], rdiv["msssim_max"]
+        rows.append({"measure": "MS-SSIM among scans (mean)", "samples": div["msssim_mean"],
+                     "real": rdiv["msssim_mean"], "real_range": [lo, hi], "target": "inside the real range",
+                     "met": lo <= div["msssim_mean"] <= hi})
+    mem = report.get("memorization") or {}
+    if "flagged" in mem and mem.get("n_train"):
+        rows.append({"measure": "samples flagged as memorised", "samples": len(mem["flagged"]), "real": 0,
+                     "target": "0", "met": not mem["flagged"]})
+    return rows
+
+
 def ncc_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Normalized cross-correlation between every row-volume of ``a`` and of ``b`` (N x M)."""
     def norm(x):
@@ -326,6 +460,7 @@ def quality_report(out: str | Path, records: Sequence[dict[str, Any]], preproces
             report["reference"] = {"path": str(opts.reference), **reference_distance(clean, refs, fgs, ref_fgs)}
             if len(refs) >= 2:
                 report["reference"]["diversity_reference"] = pairwise_msssim(refs)
+            report["reference"]["real_vs_real"] = real_vs_real(clean, refs, fgs, ref_fgs)
         else:
             report["reference"] = {"path": str(opts.reference), "note": "no readable reference scans"}
     if getattr(opts, "train_data", None):
@@ -336,6 +471,7 @@ def quality_report(out: str | Path, records: Sequence[dict[str, Any]], preproces
         if mem.get("flagged"):
             log(f"warning: {len(mem['flagged'])} sample(s) at NCC >= {opts.memorization_threshold:g} with a "
                 f"training scan (possible memorization): {', '.join(mem['flagged'][:10])}")
+    report["comparison"] = comparison_table(report)
     finals, masks, titles = [], [], []
     for r in records[:16]:
         finals.append(read_nifti(out / r["file"]).array)

@@ -13,7 +13,10 @@ Output folder::
     OUT/quality.json / quality.png     diversity, distance to real scans, memorization; mid-slice grid
 
 Geometry: every volume lies on the model grid (``preprocess.grid`` voxels of
-``preprocess.spacing`` mm), RAS-aligned, centred at world (0, 0, 0).
+``preprocess.spacing`` mm), RAS-aligned: for template-space models the fixed box in MNI152
+space (``medidiff.frontend.template_grid_affine``, MNI coordinates), else centred at world (0, 0, 0).
+The model is a pixel-space diffusion model (``medidiff train``) or a latent-diffusion
+generator (``medidiff.generator``); ``open_generator`` dispatches on the folder's format.
 Intensities are *model units*: MRI = signal / (99.5th percentile inside the
 brain) of the training normalisation (background 0, brain ~[0, 1], bright tail
 above 1 kept); CT = HU window mapped to [0, 1]. DICOM stores the same model
@@ -304,14 +307,44 @@ def _finish_sample(out: Path, image: np.ndarray, index: int, seed: int, settings
 
 # ----------------------------------------------------------------------------- entry point
 
-def _settings(loaded, scfg: SamplerConfig, opts: SynthOptions, precision: str) -> dict[str, Any]:
+def open_generator(model: str | Path, device, scfg: SamplerConfig):
+    """(loaded model, sampler, noise kind, model kind) for a pixel-space model folder
+    (``medidiff train``) or a latent-diffusion generator folder (``pipelines/train_generator.py``)."""
+    from ..generator.store import KIND, model_kind
+
+    if model_kind(model) == KIND:
+        from ..generator.sampler import LatentSampler
+        from ..generator.store import load_generator
+
+        loaded = load_generator(model, device)
+        return loaded, LatentSampler(loaded, scfg), f"latent_{loaded.config.latent.scheduler}", KIND
+    from ..train.checkpoint import load_model
+    from .sampler import Sampler
+
+    loaded = load_model(model, device)
+    return loaded, Sampler(loaded, scfg), loaded.config.diffusion.noise, "pixel"
+
+
+def grid_affine(pcfg) -> np.ndarray:
+    """Affine of the model grid: MNI coordinates for template-space models, else RAS centred at 0."""
+    from ..preprocess import model_affine
+
+    spacing = tuple(float(s) for s in pcfg.spacing)
+    if pcfg.space == "template":
+        from ..frontend import load_template, template_grid_affine
+
+        return template_grid_affine(spacing, pcfg.grid, load_template(pcfg.frontend_config().template))
+    return model_affine(spacing, pcfg.grid, (0.0, 0.0, 0.0))
+
+
+def _settings(loaded, scfg: SamplerConfig, opts: SynthOptions, precision: str, noise: str) -> dict[str, Any]:
     from ..lesions.anomalies import KINDS
 
     return {
         "model_hash": loaded.model_hash,
         "sampler": scfg.sampler, "steps": int(scfg.steps), "spacing": scfg.spacing, "temperature": float(scfg.temperature),
         "eta": float(scfg.eta), "clip_x0": list(scfg.clip_x0) if scfg.clip_x0 else None,
-        "noise": loaded.config.diffusion.noise, "precision": precision,
+        "noise": noise, "precision": precision,
         "with_anomalies": bool(opts.with_anomalies),
         "anomaly_fraction": float(opts.anomaly_fraction) if opts.with_anomalies else None,
         "anomaly_kinds": sorted(opts.anomaly_kinds or KINDS) if opts.with_anomalies else None,
@@ -328,10 +361,7 @@ def _differences(rec: dict[str, Any], settings: dict[str, Any], seed: int) -> li
 
 def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, device: str = "auto",
                    progress: bool = True, log: Callable[[str], None] = print) -> SynthSummary:
-    from ..preprocess import model_affine
     from ..runtime import resolve_device, set_threads
-    from ..train.checkpoint import load_model
-    from .sampler import Sampler
 
     t_start = time.perf_counter()
     if not 0 <= float(opts.anomaly_fraction) <= 1:
@@ -345,8 +375,7 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
     out = Path(out)
     pairs = plan(opts)
     set_threads()
-    loaded = load_model(model, resolve_device(device))
-    sampler = Sampler(loaded, opts.sampler)
+    loaded, sampler, noise, kind = open_generator(model, resolve_device(device), opts.sampler)
     scfg = sampler.cfg
     try:
         from ..runtime import resolve_precision
@@ -354,16 +383,17 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
         precision = resolve_precision(scfg.precision, loaded.device)
     except ImportError:  # older runtime module
         precision = scfg.precision
-    settings = _settings(loaded, scfg, opts, precision)
+    settings = _settings(loaded, scfg, opts, precision, noise)
     pcfg = loaded.preprocess_config
     spacing = tuple(float(s) for s in pcfg.spacing)
-    affine = model_affine(spacing, pcfg.grid, (0.0, 0.0, 0.0))
+    affine = grid_affine(pcfg)
     modality = "CT" if pcfg.modality == "ct" else "MR"
-    run_settings = {**settings, "base_seed": int(opts.base_seed), "grid": list(pcfg.grid),
+    run_settings = {**settings, "model_kind": kind, "base_seed": int(opts.base_seed), "grid": list(pcfg.grid),
                     "spacing_mm": list(spacing), "affine": affine.tolist(), "units": "model",
-                    "batch_size": int(scfg.batch_size),
-                    "intensity_note": ("MRI: x / p99.5 inside the brain (background 0, brain ~[0, 1]); "
-                                       "CT: HU window mapped to [0, 1]")}
+                    "space": pcfg.space, "batch_size": int(scfg.batch_size),
+                    "intensity_note": ("MRI: white-matter median = 0.8 (background 0)" if pcfg.intensity == "wm_median"
+                                       else "MRI: x / p99.5 inside the brain (background 0, brain ~[0, 1])")
+                    + "; CT: HU window mapped to [0, 1]"}
 
     existing = {int(r["index"]): r for r in read_sidecars(out)}
     todo: list[tuple[int, int]] = []

@@ -52,7 +52,7 @@ DEFAULT_STEPS = {"ddim": 50, "ddpm": 250}
 
 @dataclass
 class SamplerConfig:
-    sampler: str = "ddim"
+    sampler: str = "auto"  # auto: the model's own (ddim for pixel models, rflow/ddim for latent generators)
     steps: int | None = None  # None -> DEFAULT_STEPS[sampler]
     temperature: float = 1.0
     eta: float | None = None  # None -> 0 (ddim) / 1 (ddpm)
@@ -62,15 +62,19 @@ class SamplerConfig:
     spacing: str = "quadratic"  # timestep spacing: quadratic | linear
 
     def resolved(self, modality: str = "mri", num_train_timesteps: int = 1000) -> "SamplerConfig":
-        if self.sampler not in SAMPLERS:
+        sampler = "ddim" if self.sampler == "auto" else self.sampler
+        if sampler == "rflow":
+            raise ValueError("sampler rflow needs a rectified-flow latent generator (latent.scheduler=rflow); "
+                             "this model samples with ddim or ddpm")
+        if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        steps = int(self.steps or DEFAULT_STEPS[self.sampler])
+        steps = int(self.steps or DEFAULT_STEPS[sampler])
         steps = min(steps, int(num_train_timesteps))
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        eta = self.eta if self.eta is not None else (0.0 if self.sampler == "ddim" else 1.0)
+        eta = self.eta if self.eta is not None else (0.0 if sampler == "ddim" else 1.0)
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         clip = self.clip_x0
@@ -86,7 +90,7 @@ class SamplerConfig:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if int(self.batch_size) < 1:
             raise ValueError("batch_size must be >= 1")
-        return SamplerConfig(self.sampler, steps, float(self.temperature), float(eta), tuple(clip),
+        return SamplerConfig(sampler, steps, float(self.temperature), float(eta), tuple(clip),
                              self.precision, int(self.batch_size), self.spacing)
 
     def to_dict(self) -> dict:

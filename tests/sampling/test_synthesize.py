@@ -258,3 +258,25 @@ def test_cli(tiny_model_dir, tmp_path):
                                    "--n", "1", "--sampler", "euler", "--no-progress"])
     assert bad.exit_code == 2
     assert os.path.isdir(tmp_path / "c" / "images")
+
+
+def test_feature_frechet_separates_real_from_noise(mni_small):
+    """Real-vs-real is the yardstick: shifted copies of a brain sit near it, noise volumes far above it."""
+    from scipy import ndimage
+
+    from medidiff.sampling.quality import foreground, frechet_distance, real_vs_real, volume_features
+
+    base = mni_small[0] / mni_small[0].max()
+    refs = [ndimage.shift(base, (i % 3 - 1, (i // 3) % 3 - 1, 0), order=1) * (1 + 0.03 * i) for i in range(8)]
+    fgs = [foreground(r) for r in refs]
+    f = volume_features(refs)
+    assert f.shape == (8, 112) and frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_array_equal(f, volume_features(refs))  # fixed weights: the same numbers every time
+    good = real_vs_real(refs[::-1], refs, fgs[::-1], fgs)
+    rng = np.random.default_rng(0)
+    noise = [rng.random(base.shape).astype(np.float32) for _ in range(8)]
+    bad = real_vs_real(noise, refs, [foreground(n) for n in noise], fgs)
+    yard = good["feature_frechet"]["real_vs_real"]
+    assert good["feature_frechet"]["samples_vs_real"] < 3 * yard + 1e-6
+    assert bad["feature_frechet"]["samples_vs_real"] > 10 * yard
+    assert bad["mmd2_rbf_pooled2"]["samples_vs_real"] > good["mmd2_rbf_pooled2"]["samples_vs_real"]

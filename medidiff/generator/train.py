@@ -1,0 +1,408 @@
+"""Two-stage training of the latent-diffusion generator, resumable within time budgets.
+
+Run folder::
+
+    RUN/data_cache.safetensors (+ .json)   training scans preprocessed once (front end + template grid)
+    RUN/autoencoder/train_state.*           stage 1: AutoencoderKL, L1 (+ optional L2) + KL
+    RUN/latent/latents.safetensors (+ .json) the training set encoded once by the stage-1 EMA encoder
+    RUN/latent/train_state.*                stage 2: DiffusionModelUNet on the scaled latents
+    RUN/model.safetensors + model.json      the generator (written at every stage-2 checkpoint)
+    RUN/loss_curve.png
+
+Both stages run ``max_steps`` steps; a call with ``max_minutes`` stops at a checkpoint when the
+budget is spent, and ``resume=True`` continues bit for bit (data order, noise and augmentation
+are functions of (seed, step); the global RNG state travels in the train state). Wall and CPU
+seconds (``time.process_time``: all threads of the process) add up over resumed runs.
+Perceptual and adversarial losses of Pinaya et al. are left out: on a CPU budget they cost more
+than the latent U-Net itself; L1 + a small KL keeps the latent smooth enough for diffusion.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..io.atomic import write_text_atomic
+from ..jsonutil import json_default
+from ..train import checkpoint as ckpt
+from ..train.data import PreparedData, make_batch, prepare, sample_indices, step_seed
+from ..train.loop import lr_lambda_factory
+from .config import GeneratorConfig, StageConfig
+from .store import build_autoencoder, build_latent_unet, save_generator
+
+log = logging.getLogger(__name__)
+STAGES = ("autoencoder", "latent")
+
+
+# ----------------------------------------------------------------------------- data
+
+def _cache_key(sources, pcfg) -> str:
+    return json.dumps({"preprocess": pcfg.to_dict(), "sources": [s.path for s in sources]}, sort_keys=True,
+                      default=json_default)
+
+
+def load_training_data(data: str | Path, cfg: GeneratorConfig, run_dir: Path, splits: Sequence[str] | None,
+                       log_fn: Callable[[str], None] = print) -> PreparedData:
+    """Healthy training scans on the model grid, preprocessed once and cached in RUN (safetensors)."""
+    from safetensors.torch import load_file, save_file
+
+    from ..train.data import list_scans
+
+    sources = list_scans(data, splits=list(splits) if splits else None)
+    if not sources:
+        raise ValueError(f"{data}: no healthy training scans found" + (f" in split(s) {list(splits)}" if splits else ""))
+    key = _cache_key(sources, cfg.preprocess)
+    meta_path, tens_path = run_dir / "data_cache.json", run_dir / "data_cache.safetensors"
+    if meta_path.is_file() and tens_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key and meta.get("hash") == ckpt.sha256_file(tens_path):
+            ckpt._refuse_pickle(tens_path)
+            t = load_file(str(tens_path))
+            return PreparedData(t["images"].numpy(), t["foregrounds"].numpy().astype(bool), meta["scan_ids"],
+                                meta["summary"])
+    log_fn(f"preprocessing {len(sources)} training scan(s) once (cached in {tens_path.name})")
+    prepared = prepare(sources, cfg.preprocess)
+    if not len(prepared):
+        raise ValueError(f"{data}: no training scan survived preprocessing: {prepared.summary.get('skipped')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with ckpt.atomic_path(tens_path) as tmp:
+        save_file({"images": torch.from_numpy(prepared.images),
+                   "foregrounds": torch.from_numpy(prepared.foregrounds.astype(np.uint8))}, str(tmp))
+    write_text_atomic(meta_path, json.dumps({"key": key, "hash": ckpt.sha256_file(tens_path),
+                                             "scan_ids": prepared.scan_ids, "summary": prepared.summary},
+                                            default=json_default) + "\n")
+    return prepared
+
+
+# ----------------------------------------------------------------------------- one stage
+
+class Stage:
+    """AdamW + warm-up/cosine + EMA + gradient clipping + bf16 autocast, checkpointed with
+    :mod:`medidiff.train.checkpoint` (safetensors; never pickle)."""
+
+    def __init__(self, name: str, net: torch.nn.Module, scfg: StageConfig, out: Path, fingerprint: dict[str, Any],
+                 loss_fn: Callable[[torch.nn.Module, int], tuple[torch.Tensor, dict[str, float]]],
+                 device: torch.device):
+        from ..runtime import resolve_precision
+
+        self.name, self.net, self.scfg, self.out, self.loss_fn = name, net.to(device), scfg, out, loss_fn
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=json_default))
+        self.device = device
+        self.precision = resolve_precision(scfg.precision, device)
+        self.ema = copy.deepcopy(self.net).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=scfg.lr, weight_decay=scfg.weight_decay)
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lr_lambda_factory(scfg.warmup_steps, scfg.max_steps, scfg.min_lr_ratio))
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.wall_seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= int(self.scfg.max_steps)
+
+    def resume(self) -> bool:
+        if not (self.out / ckpt.STATE_META_FILE).is_file():
+            return False
+        tensors, meta = ckpt.load_train_state(self.out)
+        if meta.get("fingerprint") != self.fingerprint:
+            raise ckpt.CheckpointError(f"{self.out}: cannot resume the {self.name} stage: its config (networks, "
+                                       "preprocessing, seed or the stage-1 weights it builds on) changed")
+        self.step = ckpt.restore_train_state(tensors, meta, model=self.net, ema_model=self.ema, optimizer=self.opt,
+                                             lr_scheduler=self.lr_sched)
+        self.history = list(meta.get("history", []))
+        self.wall_seconds = float(meta.get("wall_seconds", 0.0))
+        self.cpu_seconds = float(meta.get("cpu_seconds", 0.0))
+        return True
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        raw = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        ema = {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
+        ckpt.save_train_state(self.out, step=self.step, optimizer=self.opt, lr_scheduler=self.lr_sched,
+                              ema_state=ema, raw_state=raw,
+                              scalars={"history": self.history, "fingerprint": self.fingerprint,
+                                       "wall_seconds": self.wall_seconds, "cpu_seconds": self.cpu_seconds,
+                                       "precision": self.precision, "max_steps": int(self.scfg.max_steps)})
+
+    def _ema_update(self) -> None:
+        n = self.step
+        decay = min(float(self.scfg.ema_decay), (1 + n) / (10 + n))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.net.parameters()):
+                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+            for e, b in zip(self.ema.buffers(), self.net.buffers()):
+                e.copy_(b)
+
+    def train_step(self) -> dict[str, float]:
+        from ..runtime import autocast_ctx
+
+        self.net.train()
+        with autocast_ctx(self.precision, self.device):
+            loss, parts = self.loss_fn(self.net, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.float().backward()
+        if self.scfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), float(self.scfg.grad_clip))
+        self.opt.step()
+        self.lr_sched.step()
+        self._ema_update()
+        self.step += 1
+        return {"loss": float(loss.detach()), **parts}
+
+    def run(self, deadline: float | None, on_checkpoint: Callable[["Stage"], None] | None = None,
+            log_fn: Callable[[str], None] = print, max_new_steps: int | None = None) -> str:
+        """Train until max_steps, the wall-clock ``deadline`` (time.monotonic()) or ``max_new_steps``
+        steps in this call; returns why it stopped."""
+        stopped = "max_steps"
+        window: list[dict[str, float]] = []
+        t_wall, t_cpu = time.monotonic(), time.process_time()
+        last_save = start = self.step
+        while not self.finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                stopped = "time_budget"
+                break
+            if max_new_steps is not None and self.step - start >= max_new_steps:
+                stopped = "step_budget"
+                break
+            window.append(self.train_step())
+            if self.step % int(self.scfg.log_every) == 0 or self.finished:
+                row = {"step": self.step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
+                       "lr": float(self.lr_sched.get_last_lr()[0])}
+                self.history.append(row)
+                window = []
+                log_fn(f"{self.name} step {self.step}/{self.scfg.max_steps}: loss {row['loss']:.5f}")
+            if self.step % int(self.scfg.checkpoint_every) == 0 and self.step != last_save:
+                self._account(t_wall, t_cpu)
+                t_wall, t_cpu = time.monotonic(), time.process_time()
+                self.save()
+                last_save = self.step
+                if on_checkpoint:
+                    on_checkpoint(self)
+        self._account(t_wall, t_cpu)
+        if self.step != last_save or not (self.out / ckpt.STATE_META_FILE).is_file():
+            self.save()
+            if on_checkpoint:
+                on_checkpoint(self)
+        return stopped
+
+    def _account(self, t_wall: float, t_cpu: float) -> None:
+        self.wall_seconds += time.monotonic() - t_wall
+        self.cpu_seconds += time.process_time() - t_cpu
+
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {"steps": self.step, "max_steps": int(self.scfg.max_steps), "final_loss": last.get("loss"),
+                "wall_seconds": round(self.wall_seconds, 1), "cpu_seconds": round(self.cpu_seconds, 1),
+                "precision": self.precision, "parameters": sum(p.numel() for p in self.net.parameters()),
+                "history": self.history}
+
+
+# ----------------------------------------------------------------------------- losses
+
+def autoencoder_loss(data: PreparedData, scfg: StageConfig):
+    def loss_fn(ae: torch.nn.Module, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        dev = next(ae.parameters()).device
+        x = torch.from_numpy(make_batch(data, step, scfg.batch_size, 0, 1, scfg.seed, scfg.augment)).to(dev)
+        recon, mu, sigma = ae(x)  # z drawn with the global RNG: saved in the train state, so resume is exact
+        recon = recon.float()
+        l1 = (recon - x).abs().mean()
+        mu, sigma = mu.float(), sigma.float()
+        kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).sum(dim=(1, 2, 3, 4)).mean()
+        loss = l1 + float(scfg.kl_weight) * kl
+        parts = {"l1": float(l1.detach()), "kl": float(kl.detach())}
+        if scfg.l2_weight:
+            l2 = (recon - x).pow(2).mean()
+            loss = loss + float(scfg.l2_weight) * l2
+            parts["l2"] = float(l2.detach())
+        return loss, parts
+
+    return loss_fn
+
+
+def latent_loss(latents: torch.Tensor, cfg: GeneratorConfig):
+    """MSE on the velocity (rflow: target z0 - noise) or on the noise (ddpm)."""
+    from .sampler import ddpm_latent_scheduler, rflow_scheduler
+
+    scfg, lcfg = cfg.train_latent, cfg.latent
+    T = int(lcfg.num_train_timesteps)
+    sched = rflow_scheduler(lcfg) if lcfg.scheduler == "rflow" else ddpm_latent_scheduler(lcfg)
+
+    def loss_fn(unet: torch.nn.Module, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        from ..model.diffusion import add_noise
+
+        dev = next(unet.parameters()).device
+        idx = sample_indices(step, len(latents), scfg.batch_size, 0, 1, scfg.seed)
+        z0 = latents[idx].to(dev)
+        g = torch.Generator().manual_seed(step_seed(scfg.seed, step, 0, stream=7))
+        noise = torch.randn(z0.shape, generator=g).to(dev)
+        if lcfg.scheduler == "rflow":
+            t = (torch.rand(len(idx), generator=g) * T).to(dev)
+            v = unet(sched.add_noise(z0, noise, t), timesteps=t).float()
+            return (v - (z0 - noise)).pow(2).mean(), {}
+        t = torch.randint(0, T, (len(idx),), generator=g)
+        eps = unet(add_noise(sched, z0, noise, t), timesteps=t.to(dev)).float()
+        return (eps - noise).pow(2).mean(), {}
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- latents
+
+def encode_training_set(ae: torch.nn.Module, data: PreparedData, cfg: GeneratorConfig, out: Path, ae_hash: str,
+                        log_fn: Callable[[str], None] = print) -> tuple[torch.Tensor, float]:
+    """z_mu of every training scan and of ``augment_copies`` augmented copies, scaled to unit std
+    (the latent scale factor of Rombach et al.); cached in RUN/latent/ keyed by the encoder's hash."""
+    from safetensors.torch import load_file, save_file
+
+    from ..train.data import augment
+
+    scfg = cfg.train_latent
+    path, meta_path = out / "latents.safetensors", out / "latents.json"
+    key = {"autoencoder": ae_hash, "copies": int(scfg.augment_copies), "augment": cfg.to_dict()["train_latent"]["augment"],
+           "seed": int(scfg.seed), "n": len(data)}
+    if path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key and meta.get("hash") == ckpt.sha256_file(path):
+            ckpt._refuse_pickle(path)
+            return load_file(str(path))["latents"], float(meta["scale_factor"])
+    n_copies = int(scfg.augment_copies)
+    log_fn(f"encoding {len(data)} scan(s) x {1 + n_copies} (scan + augmented copies) into latents")
+    dev = next(ae.parameters()).device
+    zs = []
+    with torch.no_grad():
+        for i in range(len(data)):
+            for c in range(1 + n_copies):
+                img = data.images[i]
+                if c:
+                    rng = np.random.default_rng([int(scfg.seed), i, c, 0x1A7])
+                    img = augment(img, data.foregrounds[i], scfg.augment, rng)
+                mu, _ = ae.encode(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None].to(dev))
+                zs.append(mu.float().cpu()[0])
+    latents = torch.stack(zs)
+    scale = float(1.0 / latents.std().clamp_min(1e-6))
+    latents = (latents * scale).contiguous()
+    out.mkdir(parents=True, exist_ok=True)
+    with ckpt.atomic_path(path) as tmp:
+        save_file({"latents": latents}, str(tmp))
+    write_text_atomic(meta_path, json.dumps({"key": key, "hash": ckpt.sha256_file(path), "scale_factor": scale,
+                                             "shape": list(latents.shape)}) + "\n")
+    return latents, scale
+
+
+# ----------------------------------------------------------------------------- both stages
+
+def _stage_done(run_dir: Path, name: str) -> tuple[int, int] | None:
+    p = run_dir / name / ckpt.STATE_META_FILE
+    if not p.is_file():
+        return None
+    meta = json.loads(p.read_text())
+    return int(meta["step"]), int(meta.get("max_steps", 0))
+
+
+def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, splits: Sequence[str] | None = None,
+                    resume: bool = False, max_minutes: float | None = None, max_new_steps: int | None = None,
+                    device: str = "cpu", log_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 1 until its max_steps, then stage 2, within ``max_minutes`` of wall clock and
+    ``max_new_steps`` steps of both stages together (None: no limit). Without ``resume`` the run
+    folder must not hold a started run."""
+    from ..runtime import resolve_device
+
+    run_dir = Path(out)
+    dev = resolve_device(device)
+    if not resume and any(_stage_done(run_dir, s) for s in STAGES):
+        raise ValueError(f"{run_dir} already holds a generator run; pass --resume to continue it or use another --out")
+    deadline = time.monotonic() + 60.0 * float(max_minutes) if max_minutes else None
+    data_ = load_training_data(data, cfg, run_dir, splits, log_fn)
+    base = {"preprocess": cfg.to_dict()["preprocess"], "scan_ids": data_.scan_ids}
+
+    torch.manual_seed(cfg.train_autoencoder.seed)
+    ae_stage = Stage("autoencoder", build_autoencoder(cfg.autoencoder), cfg.train_autoencoder, run_dir / "autoencoder",
+                     {**base, "autoencoder": cfg.to_dict()["autoencoder"], "train": cfg.to_dict()["train_autoencoder"]},
+                     autoencoder_loss(data_, cfg.train_autoencoder), dev)
+    if resume and ae_stage.resume():
+        log_fn(f"autoencoder: resumed at step {ae_stage.step}")
+    report: dict[str, Any] = {"run_dir": str(run_dir), "stopped": None}
+    if not ae_stage.finished:
+        ae_start = ae_stage.step
+        report["stopped"] = ae_stage.run(deadline, log_fn=log_fn, max_new_steps=max_new_steps)
+        if max_new_steps is not None:
+            max_new_steps -= ae_stage.step - ae_start
+        _plot(run_dir, ae_stage, None)
+    report["autoencoder"] = ae_stage.summary()
+    if not ae_stage.finished:
+        report["latent"] = None
+        _write_report(run_dir, report)
+        return report
+
+    ae_state = {k: v.detach().cpu() for k, v in ae_stage.ema.state_dict().items()}
+    ae_hash = ckpt.sha256_file(run_dir / "autoencoder" / json.loads(
+        (run_dir / "autoencoder" / ckpt.STATE_META_FILE).read_text())["state_file"])
+    latents, scale = encode_training_set(ae_stage.ema, data_, cfg, run_dir / "latent", ae_hash, log_fn)
+    torch.manual_seed(cfg.train_latent.seed)
+    unet = build_latent_unet(cfg.latent, cfg.autoencoder.latent_channels)
+    lat_stage = Stage("latent", unet, cfg.train_latent, run_dir / "latent",
+                      {**base, "latent": cfg.to_dict()["latent"], "train": cfg.to_dict()["train_latent"],
+                       "autoencoder_state": ae_hash, "scale_factor": scale}, latent_loss(latents, cfg), dev)
+    if resume and lat_stage.resume():
+        log_fn(f"latent: resumed at step {lat_stage.step}")
+
+    def export(stage: Stage) -> None:
+        unet_state = {k: v.detach().cpu() for k, v in stage.ema.state_dict().items()}
+        meta = {"training": {"autoencoder": _brief(ae_stage.summary()), "latent": _brief(stage.summary()),
+                             "cpu_seconds_total": round(ae_stage.cpu_seconds + stage.cpu_seconds, 1),
+                             "wall_seconds_total": round(ae_stage.wall_seconds + stage.wall_seconds, 1),
+                             "n_latents": int(len(latents))},
+                "training_data": data_.summary, "steps": stage.step}
+        save_generator(run_dir, cfg, ae_state, unet_state, scale, meta)
+        _plot(run_dir, ae_stage, stage)
+
+    if lat_stage.finished and not (run_dir / ckpt.META_FILE).is_file():
+        export(lat_stage)
+    if not lat_stage.finished:
+        report["stopped"] = lat_stage.run(deadline, on_checkpoint=export, log_fn=log_fn, max_new_steps=max_new_steps)
+    report["latent"] = lat_stage.summary()
+    report["scale_factor"] = scale
+    report["model"] = str(run_dir) if (run_dir / ckpt.META_FILE).is_file() else None
+    report["finished"] = lat_stage.finished
+    _write_report(run_dir, report)
+    return report
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k != "history"} | {"loss_curve": [
+        (h["step"], round(h["loss"], 6)) for h in summary.get("history", [])]}
+
+
+def _write_report(run_dir: Path, report: dict[str, Any]) -> None:
+    slim = {k: (_brief(v) if isinstance(v, dict) and "history" in v else v) for k, v in report.items()}
+    write_text_atomic(run_dir / "training.json", json.dumps(slim, indent=2, default=json_default) + "\n")
+
+
+def _plot(run_dir: Path, ae: Stage, lat: Stage | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, stage, title in ((axes[0], ae, "autoencoder (L1 + KL)"), (axes[1], lat, "latent diffusion (MSE)")):
+        ax.set_title(title, fontsize=9)
+        if stage is not None and stage.history:
+            ax.plot([h["step"] for h in stage.history], [h["loss"] for h in stage.history])
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    with ckpt.atomic_path(run_dir / "loss_curve.png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
