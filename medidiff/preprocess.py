@@ -215,17 +215,13 @@ class Preprocessed:
     intensity: dict[str, Any] = field(default_factory=dict)
     brain_source: np.ndarray | None = None  # bool brain mask on the scan's grid (front end only)
     qc: dict[str, Any] = field(default_factory=dict)  # front-end quality numbers (brain ml, similarity, ...)
+    # source-grid arrays the result writes beside the anomaly map, e.g. {"brain_mask": uint8 array}
+    source_maps: dict[str, np.ndarray] = field(default_factory=dict)
 
     def denormalize(self, model_array: np.ndarray) -> np.ndarray:
         """Undo the intensity normalisation (model units → source units)."""
         return denormalize(model_array, self.intensity)
 
-    @property
-    def source_maps(self) -> dict[str, np.ndarray]:
-        """Source-grid arrays the result writes beside the anomaly map (front end: the brain mask)."""
-        if self.brain_source is None:
-            return {}
-        return {"brain_mask": self.brain_source.astype(np.uint8)}
 
 
 # ----------------------------------------------------------------------------- foreground
@@ -398,4 +394,5 @@ def preprocess_template(volume: Volume, cfg: PreprocessConfig) -> Preprocessed:
               scan_to_template=np.round(np.linalg.inv(fe.template_to_scan), 6).tolist(),
               frontend_seconds={k: round(v, 2) for k, v in fe.seconds.items()})
     return Preprocessed(image=image, foreground=fg, mapping=mapping, intensity=info,
-                        brain_source=fe.brain_source, qc=qc)
+                        brain_source=fe.brain_source, qc=qc,
+                        source_maps={"brain_mask": fe.brain_source.astype(np.uint8)})

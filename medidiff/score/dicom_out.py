@@ -4,6 +4,8 @@ viewers overlay them on the original images."""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,16 @@ def _derived_series(sources, model_hash: str, offset: int) -> dict:
                 device_serial_number=model_hash[:16])
 
 
+@contextlib.contextmanager
+def _source_person_names_as_they_are():
+    """Derived objects copy the source's PatientName; scanners and anonymisers often write
+    single-component names ("HFS"), which highdicom warns about on every scan. The value is
+    the source's own and is copied unchanged, so that one warning is pure noise here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+        yield
+
+
 def write_segmentation(volume: Volume, mask: np.ndarray, path: Path, model_hash: str) -> Path:
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -70,15 +82,16 @@ def write_segmentation(volume: Volume, mask: np.ndarray, path: Path, model_hash:
             name="medidiff diffusion anomaly detection", family=codes.cid7162.ArtificialIntelligence,
             version=f"{__version__}+{model_hash[:12]}"),
     )
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=_frames(mask.astype(np.uint8)),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[desc],
-        **_derived_series(sources, model_hash, offset=0),
-        series_description="medidiff anomaly mask",
-        omit_empty_frames=False,
-    )
+    with _source_person_names_as_they_are():
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=_frames(mask.astype(np.uint8)),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[desc],
+            **_derived_series(sources, model_hash, offset=0),
+            series_description="medidiff anomaly mask",
+            omit_empty_frames=False,
+        )
     with atomic_path(path, suffix=".dcm") as tmp:
         seg.save_as(tmp)
     return path
@@ -99,15 +112,16 @@ def write_parametric_map(volume: Volume, amap: np.ndarray, path: Path, model_has
         slope=1.0,
         intercept=0.0,
     )
-    pm = hd.pm.ParametricMap(
-        source_images=sources,
-        pixel_array=_frames(amap.astype(np.float32)),
-        **_derived_series(sources, model_hash, offset=1),
-        contains_recognizable_visual_features=False,
-        real_world_value_mappings=[mapping],
-        voi_lut_transformations=[hd.VOILUTTransformation(window_center=hi / 2, window_width=hi)],
-        series_description="medidiff anomaly map",
-    )
+    with _source_person_names_as_they_are():
+        pm = hd.pm.ParametricMap(
+            source_images=sources,
+            pixel_array=_frames(amap.astype(np.float32)),
+            **_derived_series(sources, model_hash, offset=1),
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            voi_lut_transformations=[hd.VOILUTTransformation(window_center=hi / 2, window_width=hi)],
+            series_description="medidiff anomaly map",
+        )
     with atomic_path(path, suffix=".dcm") as tmp:
         pm.save_as(tmp)
     return path
