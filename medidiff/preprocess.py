@@ -32,7 +32,7 @@ from .volume import Volume
 MODALITIES = ("mri", "ct")
 FOREGROUND_MODES = ("otsu", "threshold", "none")
 SPACES = ("scan", "template")
-INTENSITY_MODES = ("percentile", "wm_median")
+INTENSITY_MODES = ("percentile", "wm_median", "template_quantiles")
 WM_LEVEL = 0.8  # wm_median: the white-matter median maps here (headroom above it: nothing is clipped)
 
 
@@ -58,7 +58,10 @@ class PreprocessConfig:
     space: str = "scan"
     frontend: dict[str, Any] | None = None  # medidiff.frontend.FrontEndConfig fields (space == "template")
     # "percentile": x / p_high inside the foreground; "wm_median": x / median of white matter
-    # (template WM map inside the brain) — a lesion cannot move it, unlike p99.5
+    # (template WM map inside the brain) — a lesion cannot move it, unlike p99.5;
+    # "template_quantiles": wm_median, then the brain's intensity deciles mapped piecewise-linearly
+    # onto the template's (Nyúl-Udupa standardisation: vendor/sequence tissue contrast), linear
+    # beyond the 90th percentile so bright lesions keep their contrast
     intensity: str = "percentile"
 
     def __post_init__(self) -> None:
@@ -93,8 +96,8 @@ class PreprocessConfig:
             errs.append(f"preprocess.space must be one of {SPACES}, got {self.space!r}")
         if self.intensity not in INTENSITY_MODES:
             errs.append(f"preprocess.intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
-        if self.intensity == "wm_median" and self.space != "template":
-            errs.append("preprocess.intensity=wm_median needs preprocess.space=template (it uses the template WM map)")
+        if self.intensity in ("wm_median", "template_quantiles") and self.space != "template":
+            errs.append(f"preprocess.intensity={self.intensity} needs preprocess.space=template (it uses the template)")
         if self.frontend is not None and self.space != "template":
             errs.append("preprocess.frontend is only used with preprocess.space=template")
         if self.order not in (0, 1, 3):
@@ -285,8 +288,16 @@ def _world_centre(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- intensity
 
 def denormalize(model_array: np.ndarray, intensity: dict[str, Any]) -> np.ndarray:
+    x = np.asarray(model_array, dtype=np.float32)
+    if intensity.get("kind") == "template_quantiles":  # undo the piecewise-linear landmark map first
+        xs = np.r_[0.0, intensity["landmarks_source"]]
+        ys = np.r_[0.0, intensity["landmarks_template"]]
+        back = np.interp(x, ys, xs)
+        top = x > ys[-1]
+        back[top] = xs[-1] + (x[top] - ys[-1]) * (xs[-1] - xs[-2]) / max(ys[-1] - ys[-2], 1e-6)
+        x = back.astype(np.float32)
     lo, hi = float(intensity["low"]), float(intensity["high"])
-    return np.asarray(model_array, dtype=np.float32) * (hi - lo) + lo
+    return x * (hi - lo) + lo
 
 
 def normalize(image: np.ndarray, fg: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, dict[str, Any]]:
@@ -347,6 +358,25 @@ def wm_median_normalize(image: np.ndarray, fg: np.ndarray, wm_prob: np.ndarray) 
     return out, {"kind": "wm_median", "low": 0.0, "high": high, "wm_median": med, "wm_level": WM_LEVEL}
 
 
+# Landmarks of the standardisation (percentiles inside the brain). Only up to p90: a bright lesion
+# of a few % of the brain would move p98/p99 and be squashed onto the template's top.
+QUANTILE_LANDMARKS = (2.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
+
+
+def template_quantile_map(image: np.ndarray, fg: np.ndarray, template_values: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Map the brain's intensity landmarks onto the template's, piecewise-linearly; 0 stays 0 and
+    above the last landmark the last segment's slope continues (no clipping)."""
+    src = np.percentile(image[fg], QUANTILE_LANDMARKS)
+    dst = np.percentile(template_values, QUANTILE_LANDMARKS)
+    src = np.maximum.accumulate(src + np.arange(src.size) * 1e-6)  # strictly increasing
+    xs, ys = np.r_[0.0, src], np.r_[0.0, dst]
+    out = np.interp(image, xs, ys)
+    top = image > xs[-1]
+    out[top] = ys[-1] + (image[top] - xs[-1]) * (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-6)
+    out = np.where(fg, out, 0.0).astype(np.float32)
+    return out, {"landmarks_source": np.round(src, 5).tolist(), "landmarks_template": np.round(dst, 5).tolist()}
+
+
 def _template_on_grid(cfg: PreprocessConfig):
     """Template arrays (brain, WM probability) on the model lattice; pure template space, cached."""
     key = (cfg.frontend_config().template, cfg.spacing, cfg.grid)
@@ -386,8 +416,12 @@ def preprocess_template(volume: Volume, cfg: PreprocessConfig) -> Preprocessed:
     if fe.log_bias is not None:
         image = image / fe.bias_factor_on(mapping.model_affine, cfg.grid)
     fg = mapping.to_model(fe.brain_source.astype(np.float32), order=1, fill=0.0, antialias=cfg.antialias) > 0.5
-    if cfg.intensity == "wm_median" and cfg.modality == "mri":
+    if cfg.intensity in ("wm_median", "template_quantiles") and cfg.modality == "mri":
         image, info = wm_median_normalize(image, fg, wm_prob)
+        if cfg.intensity == "template_quantiles":
+            _, _, t1 = _template_on_grid(cfg)
+            image, landmarks = template_quantile_map(image, fg, t1[t1 > 0.02])
+            info = dict(info, kind="template_quantiles", **landmarks)
     else:
         image, info = normalize(image, fg, cfg)
     qc = dict(fe.qc, brain_inside_grid=round(inside, 4),

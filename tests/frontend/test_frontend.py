@@ -187,3 +187,20 @@ def test_model_records_its_front_end_and_refuses_one_it_cannot_reproduce(tmp_pat
     with pytest.raises(CheckpointError, match="records no front end"):
         load_model(tmp_path)
 
+
+
+def test_template_quantiles_standardise_contrast_keep_lesions_bright_and_invert():
+    from medidiff.preprocess import denormalize, template_quantile_map
+
+    rng = np.random.default_rng(0)
+    tpl = rng.gamma(9, 0.08, 20000)
+    fg = np.ones(5000, bool)
+    scan = rng.gamma(9, 0.05, 5000) ** 1.3  # another vendor's tissue contrast
+    scan[:100] = 4 * np.percentile(scan, 99)  # a bright lesion (2 % of the brain)
+    out, info = template_quantile_map(scan, fg, tpl)
+    healthy = out[100:]
+    for q in (10, 50, 90):  # the healthy brain now has the template's contrast
+        assert abs(np.percentile(healthy, q) - np.percentile(tpl, q)) < 0.05 * np.percentile(tpl, 90)
+    assert out[:100].min() > 2.5 * np.percentile(healthy, 99)  # the lesion is still far brighter
+    info.update(kind="template_quantiles", low=0.0, high=1.0)
+    assert np.allclose(denormalize(out, info), scan, rtol=1e-4, atol=1e-5)
