@@ -63,7 +63,11 @@ def _deepbet_model():
             from deepbet.bet import BrainExtraction
         except ImportError as exc:  # pragma: no cover - deepbet is a core dependency
             raise RuntimeError("brain extraction needs the deepbet package: pip install deepbet") from exc
-        _BET = BrainExtraction(no_gpu=True)
+        import warnings
+
+        with warnings.catch_warnings():  # deepbet ships TorchScript; torch >= 2.10 calls jit.load deprecated
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+            _BET = BrainExtraction(no_gpu=True)
     return _BET
 
 
