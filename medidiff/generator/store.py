@@ -20,7 +20,7 @@ import torch
 from ..io.atomic import write_text_atomic
 from ..jsonutil import json_default
 from ..train.checkpoint import (META_FILE, MODEL_FILE, PICKLE_SUFFIXES, CheckpointError, _frontend_fingerprint,
-                                _load_tensors, _save_tensors, _version, sha256_file)
+                                _load_tensors, read_description, _save_tensors, _version, sha256_file)
 from .config import AutoencoderConfig, GeneratorConfig, LatentConfig
 
 FORMAT = "medidiff-generator"
@@ -93,21 +93,7 @@ class LoadedGenerator:
 
 
 def _read_meta(model_dir: Path) -> dict[str, Any]:
-    meta_path = model_dir / META_FILE
-    if not meta_path.is_file():
-        pickles = [p.name for p in model_dir.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES] if model_dir.is_dir() else []
-        hint = f"; found pickle-based file(s) {pickles}, which medidiff refuses to load" if pickles else ""
-        raise CheckpointError(f"{model_dir}: not a medidiff generator folder (no {META_FILE}){hint}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: not a medidiff generator description (format != {FORMAT!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')} is newer than this medidiff "
-                              f"understands ({FORMAT_VERSION}); upgrade medidiff")
-    return meta
+    return read_description(model_dir, FORMAT, FORMAT_VERSION, kind="generator")
 
 
 def _stored_header(wpath: Path) -> dict[str, str]:

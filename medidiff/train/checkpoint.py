@@ -153,23 +153,30 @@ class LoadedModel:
     device: torch.device = torch.device("cpu")
 
 
-def read_metadata(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    meta_path = run_dir / META_FILE
+def read_description(folder: str | Path, fmt: str = FORMAT, fmt_version: int = FORMAT_VERSION,
+                     kind: str = "model") -> dict[str, Any]:
+    """``folder/model.json`` checked for format and version (models and generators share this);
+    pickles beside it are named, never loaded."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
     if not meta_path.is_file():
-        pickles = [p.name for p in run_dir.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES] if run_dir.is_dir() else []
+        pickles = [p.name for p in folder.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES] if folder.is_dir() else []
         hint = (f"; found pickle-based file(s) {pickles}, which medidiff refuses to load" if pickles else "")
-        raise CheckpointError(f"{run_dir}: not a medidiff model folder (no {META_FILE}){hint}")
+        raise CheckpointError(f"{folder}: not a medidiff {kind} folder (no {META_FILE}){hint}")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: not a medidiff model description (format != {FORMAT!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CheckpointError(f"{meta_path}: not a medidiff {kind} description (format != {fmt!r})")
+    if int(meta.get("format_version", 0)) > fmt_version:
         raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')} is newer than this "
-                              f"medidiff understands ({FORMAT_VERSION}); upgrade medidiff")
+                              f"medidiff understands ({fmt_version}); upgrade medidiff")
     return meta
+
+
+def read_metadata(run_dir: str | Path) -> dict[str, Any]:
+    return read_description(run_dir)
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> LoadedModel:

@@ -146,7 +146,7 @@ def test_qc_fails_an_abdomen_ct():
         run_frontend(vol, FrontEndConfig(brain="auto"), modality="ct")
 
 
-@pytest.mark.skipif(not (REAL / "ixi012_philips3t_t1.nii.gz").is_file(), reason="../shared/real_scans not present")
+@pytest.mark.skipif(not (REAL / "ixi012_philips3t_t1.nii.gz").is_file(), reason="the real-scan folder beside the repository is not present")
 def test_real_whole_head_mri_deepbet_n4_and_registration():
     from medidiff.io.nifti import read_nifti
 
