@@ -19,7 +19,7 @@ import torch
 
 from ..io.atomic import write_text_atomic
 from ..jsonutil import json_default
-from ..train.checkpoint import (META_FILE, MODEL_FILE, PICKLE_SUFFIXES, CheckpointError, _frontend_fingerprint,
+from ..train.checkpoint import (META_FILE, MODEL_FILE, CheckpointError, _frontend_fingerprint,
                                 _load_tensors, read_description, _save_tensors, _version, sha256_file)
 from .config import AutoencoderConfig, GeneratorConfig, LatentConfig
 

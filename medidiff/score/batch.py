@@ -187,7 +187,7 @@ class ScanJob:
         record = ScanRecord(scan_id=ref.scan_id, source_path=ref.source, format=ref.format,
                             model_hash=self.run_info["model_hash"], config_hash=self.run_info["config_hash"])
         t0 = time.perf_counter()
-        _remove_stale_temps(scan_dir)
+        remove_stale_temps(scan_dir)
         try:
             volume = ref.load()
             check_modality(volume, self.modality)
@@ -396,7 +396,7 @@ def _settings_diff(calibration, cfg, runtime: dict[str, Any]) -> str:
     return ", ".join(f"{k}: calibrated {then.get(k)!r}, now {now.get(k)!r}" for k in keys) or "settings hash differs"
 
 
-def _remove_stale_temps(scan_dir: Path) -> None:
+def remove_stale_temps(scan_dir: Path) -> None:
     """Temp files left by a run that was killed while writing this scan's outputs."""
     if not scan_dir.is_dir():
         return

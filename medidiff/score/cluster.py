@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..io.naming import safe_join
-from .batch import RESULT_FILE, OutputError, ScanJob, load_scorer
+from .batch import RESULT_FILE, OutputError, ScanJob, remove_stale_temps, load_scorer
 from .result import ScanRecord
 
 INSTALL_HINT = "pip install 'medidiff[cluster]'"
@@ -129,7 +129,9 @@ class RemoteJob:
         record = ScanRecord(scan_id=ref.scan_id, source_path=ref.source, format=ref.format,
                             model_hash=self.run_info["model_hash"], config_hash=self.run_info["config_hash"])
         record.failed(reason, 0.0)
-        record.write(safe_join(self.scans_root, ref.scan_id))
+        scan_dir = safe_join(self.scans_root, ref.scan_id)
+        remove_stale_temps(scan_dir)  # a worker killed mid-write leaves its temp files behind
+        record.write(scan_dir)
         return record
 
 
