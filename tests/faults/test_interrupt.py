@@ -94,7 +94,7 @@ def test_synthesize_killed_mid_run_continues(tiny_model_dir, tmp_path):
             "--batch-size", "1", "--no-quality", "--no-progress"]
     log = tmp_path / "synth.log"
     proc = start_cli(args, log)
-    sidecars = lambda: sorted((out / "samples").glob("*.json")) if (out / "samples").is_dir() else []  # noqa: E731
+    sidecars = lambda: sorted((out / "samples").glob("synth_*.json")) if (out / "samples").is_dir() else []  # noqa: E731
     wait_for(lambda: len(sidecars()) >= 1, proc, timeout=180, log=log)
     _kill(proc)
     done = sidecars()
