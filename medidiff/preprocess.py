@@ -161,26 +161,53 @@ def resample(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, 
 
 @dataclass
 class GridMapping:
-    """Source grid ↔ model grid. JSON-serialisable through :meth:`to_dict`."""
+    """Source grid ↔ model grid. JSON-serialisable through :meth:`to_dict`.
+
+    ``displacement`` (optional, shape ``(3,) + model_shape``, in model voxels) bends the lattice:
+    model voxel ``i`` samples the source at ``inv(source_affine) @ model_affine @ (i + d(i))``.
+    It comes from the front end's deformable refinement; without it the mapping is one affine."""
 
     source_shape: tuple[int, int, int]
     source_affine: np.ndarray
     model_shape: tuple[int, int, int]
     model_affine: np.ndarray
+    displacement: np.ndarray | None = None
+    _source_coords: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.source_shape = tuple(int(s) for s in self.source_shape)  # type: ignore[assignment]
         self.model_shape = tuple(int(s) for s in self.model_shape)  # type: ignore[assignment]
         self.source_affine = np.asarray(self.source_affine, dtype=np.float64).reshape(4, 4)
         self.model_affine = np.asarray(self.model_affine, dtype=np.float64).reshape(4, 4)
+        if self.displacement is not None:
+            self.displacement = np.asarray(self.displacement, dtype=np.float32)
+            if self.displacement.shape != (3,) + self.model_shape:
+                raise ValueError(f"displacement shape {self.displacement.shape} is not (3,) + {self.model_shape}")
 
     def to_model(self, source_array: np.ndarray, order: int = 1, fill: float = 0.0,
                  antialias: bool = True) -> np.ndarray:
         source_array = np.asarray(source_array)
         if tuple(source_array.shape) != self.source_shape:
             raise ValueError(f"array shape {source_array.shape} is not the source shape {self.source_shape}")
-        return resample(source_array, self.source_affine, self.model_affine, self.model_shape,
-                        order=order, fill=fill, antialias=antialias)
+        return self.pull(source_array, self.source_affine, order=order, fill=fill, antialias=antialias)
+
+    def pull(self, array: np.ndarray, array_affine: np.ndarray, order: int = 1, fill: float = 0.0,
+             antialias: bool = True) -> np.ndarray:
+        """Sample any array living in the source's world (e.g. a bias field on its own box) at the model voxels."""
+        if self.displacement is None:
+            return resample(array, array_affine, self.model_affine, self.model_shape, order=order, fill=fill,
+                            antialias=antialias)
+        src = np.asarray(array, dtype=np.float32)
+        if antialias:
+            sigma = _antialias_sigma(array_affine, self.model_affine)
+            if np.any(sigma > 0.05):
+                src = ndimage.gaussian_filter(src, sigma=sigma, mode="nearest", truncate=3.0)
+        m = np.linalg.inv(array_affine) @ self.model_affine
+        pts = np.indices(self.model_shape, dtype=np.float32) + self.displacement
+        coords = np.einsum("ij,j...->i...", m[:3, :3], pts) + m[:3, 3].reshape(3, 1, 1, 1)
+        out = ndimage.map_coordinates(src, coords, order=order, mode="constant", cval=float(fill),
+                                      prefilter=order > 1)
+        return out.astype(np.float32, copy=False)
 
     def to_source(self, model_array: np.ndarray, order: int = 1, fill: float = 0.0,
                   antialias: bool = True) -> np.ndarray:
@@ -188,26 +215,68 @@ class GridMapping:
         model_array = np.asarray(model_array)
         if tuple(model_array.shape) != self.model_shape:
             raise ValueError(f"array shape {model_array.shape} is not the model shape {self.model_shape}")
-        return resample(model_array, self.model_affine, self.source_affine, self.source_shape,
-                        order=order, fill=fill, antialias=antialias)
+        if self.displacement is None:
+            return resample(model_array, self.model_affine, self.source_affine, self.source_shape,
+                            order=order, fill=fill, antialias=antialias)
+        src = model_array.astype(np.float32, copy=False)
+        if antialias:  # only when the source is coarser than the model grid along some axis
+            sigma = _antialias_sigma(self.model_affine, self.source_affine)
+            if np.any(sigma > 0.05):
+                src = ndimage.gaussian_filter(src, sigma=sigma, mode="nearest", truncate=3.0)
+        out = ndimage.map_coordinates(src, self.source_coords(), order=order, mode="constant", cval=float(fill),
+                                      prefilter=order > 1)
+        return out.reshape(self.source_shape).astype(np.float32, copy=False)
+
+    def source_coords(self) -> np.ndarray:
+        """Model-voxel coordinates of every source voxel through the inverse warp, (3, N); computed once."""
+        if self._source_coords is None:
+            inverse = invert_displacement(self.displacement)
+            m = np.linalg.inv(self.model_affine) @ self.source_affine
+            coords = np.empty((3, int(np.prod(self.source_shape))), dtype=np.float32)
+            idx = np.indices(self.source_shape[1:], dtype=np.float32).reshape(2, -1)
+            n = idx.shape[1]
+            for x in range(self.source_shape[0]):  # one source slab at a time: memory stays ~ one slice
+                pts = np.vstack([np.full((1, n), x, dtype=np.float32), idx])
+                k = (m[:3, :3] @ pts + m[:3, 3:4]).astype(np.float32)  # affine model index
+                back = np.stack([ndimage.map_coordinates(inverse[c], k, order=1, mode="nearest") for c in range(3)])
+                coords[:, x * n:(x + 1) * n] = k + back
+            self._source_coords = coords
+        return self._source_coords
 
     def source_fov_on_model(self) -> np.ndarray:
         """Bool mask of model voxels that lie inside the source field of view."""
         ones = np.ones(self.source_shape, dtype=np.float32)
-        return resample(ones, self.source_affine, self.model_affine, self.model_shape,
-                        order=0, fill=0.0, antialias=False) > 0.5
+        return self.to_model(ones, order=0, fill=0.0, antialias=False) > 0.5
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "source_shape": list(self.source_shape),
             "source_affine": self.source_affine.tolist(),
             "model_shape": list(self.model_shape),
             "model_affine": self.model_affine.tolist(),
         }
+        if self.displacement is not None:
+            d["displacement"] = np.round(self.displacement, 4).tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GridMapping":
-        return cls(d["source_shape"], np.asarray(d["source_affine"]), d["model_shape"], np.asarray(d["model_affine"]))
+        disp = d.get("displacement")
+        return cls(d["source_shape"], np.asarray(d["source_affine"]), d["model_shape"], np.asarray(d["model_affine"]),
+                   None if disp is None else np.asarray(disp, dtype=np.float32))
+
+
+def invert_displacement(disp: np.ndarray, iterations: int = 20) -> np.ndarray:
+    """Inverse of a smooth displacement field on its own grid, by fixed-point iteration.
+
+    Finds ``v`` with ``k + v(k) + d(k + v(k)) = k``, i.e. ``v(k) = -d(k + v(k))``. Converges when
+    the field's Jacobian stays well below 1 per voxel, which a coarse B-spline warp does."""
+    grid = np.indices(disp.shape[1:], dtype=np.float32)
+    v = -disp.copy()
+    for _ in range(iterations):
+        at = grid + v
+        v = -np.stack([ndimage.map_coordinates(disp[c], at, order=1, mode="nearest") for c in range(3)])
+    return v.astype(np.float32)
 
 
 @dataclass
@@ -394,6 +463,16 @@ def _template_on_grid(cfg: PreprocessConfig):
 _TEMPLATE_GRID_CACHE: dict = {}
 
 
+def _warp_on_grid(fe, grid_affine: np.ndarray, grid) -> np.ndarray | None:
+    """The front end's deformable warp sampled on the model lattice, in model voxels (None: affine only)."""
+    if fe.warp is None:
+        return None
+    from .frontend.run import warp_in_voxels
+
+    mm = np.stack([resample(c, fe.warp_affine, grid_affine, grid, order=1, antialias=False) for c in fe.warp])
+    return warp_in_voxels(mm, grid_affine)
+
+
 def preprocess_template(volume: Volume, cfg: PreprocessConfig) -> Preprocessed:
     """Front end (brain, N4, registration, QC), then ONE resampling onto the template-space grid.
 
@@ -407,14 +486,16 @@ def preprocess_template(volume: Volume, cfg: PreprocessConfig) -> Preprocessed:
     fcfg = cfg.frontend_config()
     fe = run_frontend(volume, fcfg, cfg.modality)
     grid_affine, wm_prob, _ = _template_on_grid(cfg)
-    mapping = GridMapping(volume.shape, volume.affine, cfg.grid, fe.template_to_scan @ grid_affine)
+    mapping = GridMapping(volume.shape, volume.affine, cfg.grid, fe.template_to_scan @ grid_affine,
+                          _warp_on_grid(fe, grid_affine, cfg.grid))
+    # the affine decides what lies inside the box; the coarse warp moves the brain by millimetres only
     inside = inside_fraction(fe.brain_source, volume.affine, mapping.model_affine, cfg.grid)
     check_inside(inside, fcfg, source_label(volume))
     fill = float(cfg.ct_window[0]) if cfg.modality == "ct" else 0.0
     image = mapping.to_model(np.asarray(volume.array, dtype=np.float32), order=cfg.order, fill=fill,
                              antialias=cfg.antialias)
     if fe.log_bias is not None:
-        image = image / fe.bias_factor_on(mapping.model_affine, cfg.grid)
+        image = image / fe.bias_factor_on(mapping)
     fg = mapping.to_model(fe.brain_source.astype(np.float32), order=1, fill=0.0, antialias=cfg.antialias) > 0.5
     if cfg.intensity in ("wm_median", "template_quantiles") and cfg.modality == "mri":
         image, info = wm_median_normalize(image, fg, wm_prob)

@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-refine", action="store_true", help="don't try the inpainting refinement on val "
                    "(variants refine=inpainting, ssim=structural term are tried on the best t* x K)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep medidiff runs already in --out whose calibration was made with the same score "
+                        "settings (an interrupted benchmark continues; finished scans are not re-scored)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: t* in {0.1, 0.25}, K=1, two score types, <=3 scans per split and label, "
                         "AE 20 steps, 200 bootstrap resamples")
@@ -136,22 +139,44 @@ def copy_model(model: Path, dest: Path) -> Path:
 
 def run_setting(model: Path, tag: str, overrides: list[str], calib: Path, target: Path, out: Path, labels: Path,
                 n_boot: int, device: str, log: Callable[[str], None], reconstruction: bool = False,
-                plots: bool = False) -> dict[str, Any]:
+                plots: bool = False, reuse: bool = False) -> dict[str, Any]:
     from medidiff.evaluate import EvalOptions, evaluate_run
     from medidiff.score.batch import score_folder
     from medidiff.score.calibration import calibrate_model
 
-    mdir = copy_model(model, out / "models" / tag)
     t0 = time.perf_counter()
-    cal = calibrate_model(mdir, calib, overrides=tuple(overrides), device=device, progress=False, log=log)
     run_dir = out / "runs" / tag
-    score_folder(mdir, target, run_dir, overrides=tuple(overrides), overwrite=True, write_reconstruction=reconstruction,
+    cal = _reusable_calibration(out / "models" / tag, overrides) if reuse else None
+    if cal is None:
+        mdir = copy_model(model, out / "models" / tag)
+        cal = calibrate_model(mdir, calib, overrides=tuple(overrides), device=device, progress=False, log=log)
+    else:
+        mdir = out / "models" / tag
+        log(f"  {tag}: calibration reused, unfinished scans only")
+    score_folder(mdir, target, run_dir, overrides=tuple(overrides), overwrite=not reuse,
+                 write_reconstruction=reconstruction,
                  dicom_outputs=False, device=device, progress=False, log=log)
     rep = evaluate_run(run_dir, labels, opts=EvalOptions(n_boot=n_boot, plots=plots), log=log)
     log(f"  {tag}: val/test voxel AP {_f(rep.get('voxel', {}).get('ap'))}, sample AUROC "
         f"{_f(rep.get('sample', {}).get('auroc'))} ({time.perf_counter() - t0:.0f} s)")
     return {"tag": tag, "overrides": overrides, "run": str(run_dir), "report": rep,
             "calibration": {"voxel_threshold": cal.voxel_threshold, "scan_threshold": cal.scan_threshold}}
+
+
+def _reusable_calibration(mdir: Path, overrides: list[str]):
+    """The calibration stored in a previous run's model copy, if it was made with these score settings."""
+    from medidiff.score.calibration import Calibration
+    from medidiff.score.config import load_score_config
+
+    if not (mdir / "model.json").is_file():
+        return None
+    try:
+        cal = Calibration.load(mdir)
+    except Exception:  # noqa: BLE001 - a damaged calibration is simply recomputed
+        return None
+    if cal is None or cal.score_config != load_score_config(None, tuple(overrides)).to_dict():
+        return None
+    return cal
 
 
 def _f(x, nd=3) -> str:
@@ -210,7 +235,8 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         for k in [int(x) for x in _floats(a.k_grid)]:
             tag = f"val_t{t:g}_k{k}"
             ov = base + [f"score.t_fractions=[{t}]", f"score.steps={k}"]
-            r = run_setting(model, tag, ov, splits["calib"], splits["val"], out, labels, a.n_boot, a.device, log)
+            r = run_setting(model, tag, ov, splits["calib"], splits["val"], out, labels, a.n_boot, a.device, log,
+                          reuse=a.reuse)
             val_rows.append({"t": t, "k": k, **_row(r["report"]), "overrides": ov})
     best = max(val_rows, key=lambda r: -1 if r["voxel_ap"] is None else r["voxel_ap"])
     # single-knob variants of the best t* x K, kept only if they beat it on val voxel AP
@@ -220,7 +246,8 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     for name, extra in variants:
         tag = f"val_t{base_best['t']:g}_k{base_best['k']}_{name}"
         ov = base_best["overrides"] + extra
-        r = run_setting(model, tag, ov, splits["calib"], splits["val"], out, labels, a.n_boot, a.device, log)
+        r = run_setting(model, tag, ov, splits["calib"], splits["val"], out, labels, a.n_boot, a.device, log,
+                          reuse=a.reuse)
         row = {"t": base_best["t"], "k": base_best["k"], "variant": name, **_row(r["report"]), "overrides": ov}
         val_rows.append(row)
         if row["voxel_ap"] is not None and row["voxel_ap"] > (best["voxel_ap"] or -1):
@@ -244,7 +271,7 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
             tag = f"val_t{best['t']:g}_k{best['k']}_{st}_mc{mc:g}"
             extra = [f"score.score={st}", f"score.min_component_mm3={mc}"]
             r = run_setting(model, tag, best["overrides"] + extra, splits["calib"], splits["val"], out, labels,
-                            a.n_boot, a.device, log)
+                            a.n_boot, a.device, log, reuse=a.reuse)
             score_rows.append({"score": st, "min_component_mm3": mc, **_row(r["report"]), "overrides": extra})
     final_ov = list(best["overrides"])
     if score_rows:
@@ -257,7 +284,7 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     # ---- 3: test, once
     methods: dict[str, dict[str, Any]] = {}
     r = run_setting(model, "test_medidiff", final_ov, splits["calib"], splits["test"], out, labels, a.n_boot,
-                    a.device, log, reconstruction=True, plots=not a.no_plots)
+                    a.device, log, reconstruction=True, plots=not a.no_plots, reuse=a.reuse)
     methods["medidiff"] = {"report": r["report"], "run": r["run"], "settings": final_ov}
 
     if a.calibrate_model:

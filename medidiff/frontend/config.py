@@ -12,7 +12,7 @@ from typing import Any
 
 BRAIN_METHODS = ("auto", "deepbet", "skull_stripped", "ct_hu")
 BIAS_METHODS = ("n4", "none")
-REGISTRATIONS = ("affine", "rigid", "none")
+REGISTRATIONS = ("affine", "deformable", "rigid", "none")
 
 
 @dataclass
@@ -24,8 +24,10 @@ class FrontEndConfig:
     bias: str = "n4"  # N4 inside the brain mask (MRI only; ignored for CT)
     n4_iterations: tuple[int, ...] = (30, 20, 10)  # per fitting level, on a 4 mm copy
     # affine: rigid then 12-parameter affine to the template (Mattes MI, multi-resolution);
-    # none: the input is already in template (MNI) space
+    # deformable: the affine, then a coarse B-spline (control points deformable_spacing_mm apart) that
+    # moves ventricles and cortex onto the template's; none: the input is already in template (MNI) space
     registration: str = "affine"
+    deformable_spacing_mm: float = 32.0
     template: str = "mni152_2009a"
     # quality control: a scan outside these limits is reported as failed, never scored
     min_brain_ml: float = 900.0

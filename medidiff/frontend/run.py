@@ -22,7 +22,7 @@ from .bias import n4_log_field
 from .brain import brain_mask, resolve_method
 from .config import FrontEndConfig
 from .qc import check_brain_volume, check_similarity, ncc
-from .register import register_to_template
+from .register import refine_deformable, register_to_template
 from .template import Template, load_template
 
 WORK_SPACING = 2.0  # mm: N4 and registration run on a 2 mm box around the brain
@@ -35,16 +35,18 @@ class FrontEndResult:
     template_to_scan: np.ndarray  # 4x4, RAS mm (template) -> RAS mm (scan)
     work_affine: np.ndarray  # 2 mm RAS box around the brain
     log_bias: np.ndarray | None  # on the work box; None without bias correction
+    # deformable refinement: displacement (3, X, Y, Z) in template RAS mm on the template grid, so that
+    # template point x lies at template_to_scan @ (x + warp(x)); None for affine-only registration
+    warp: np.ndarray | None = None
+    warp_affine: np.ndarray | None = None  # voxel -> template RAS mm of the warp's grid
     qc: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def bias_factor_on(self, affine: np.ndarray, shape) -> np.ndarray:
-        """exp(log bias) sampled on another grid (1 where the field is unknown)."""
-        from ..preprocess import resample
-
+    def bias_factor_on(self, mapping) -> np.ndarray:
+        """exp(log bias) sampled on a mapping's model grid (1 where the field is unknown)."""
         if self.log_bias is None:
-            return np.ones(tuple(shape), dtype=np.float32)
-        log = resample(self.log_bias, self.work_affine, affine, shape, order=1, fill=0.0, antialias=False)
+            return np.ones(mapping.model_shape, dtype=np.float32)
+        log = mapping.pull(self.log_bias, self.work_affine, order=1, fill=0.0, antialias=False)
         return np.exp(log).astype(np.float32)
 
 
@@ -100,7 +102,7 @@ def run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str = "mri",
 
 
 def _run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str, template: Template | None) -> FrontEndResult:
-    from ..preprocess import resample
+    from ..preprocess import GridMapping, resample
 
     template = template or load_template(cfg.template)
     where, secs = source_label(volume), {}
@@ -124,14 +126,30 @@ def _run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str, template: 
     stripped = np.where(mask, image, 0.0).astype(np.float32)
 
     t0 = time.perf_counter()
+    warp = None
     if cfg.registration == "none":
         to_scan = np.eye(4)
     else:
-        to_scan = register_to_template(stripped, work_aff, template, kind=cfg.registration)
-    secs["registration"] = time.perf_counter() - t0
+        kind = "affine" if cfg.registration == "deformable" else cfg.registration
+        to_scan = register_to_template(stripped, work_aff, template, kind=kind)
     warped = resample(stripped, work_aff, to_scan @ template.affine, template.t1.shape, order=1, antialias=False)
     similarity = ncc(warped, template.t1, template.brain)
-    check_similarity(similarity, cfg, where)
+    check_similarity(similarity, cfg, where)  # the affine must be sound before a warp is allowed to bend it
     qc = {"brain_method": method, "brain_volume_ml": round(brain_ml, 1), "registration_similarity": round(similarity, 4)}
+    if cfg.registration == "deformable":
+        warp = refine_deformable(stripped, work_aff, template, to_scan, cfg.deformable_spacing_mm)
+        mapping = GridMapping(stripped.shape, work_aff, template.t1.shape, to_scan @ template.affine,
+                              warp_in_voxels(warp, template.affine))
+        qc["deformable_similarity"] = round(ncc(mapping.to_model(stripped, antialias=False), template.t1,
+                                                template.brain), 4)
+        qc["warp_p95_mm"] = round(float(np.percentile(np.linalg.norm(warp, axis=0)[template.brain], 95)), 2)
+    secs["registration"] = time.perf_counter() - t0
     return FrontEndResult(brain_source=brain, template_to_scan=to_scan, work_affine=work_aff,
-                          log_bias=log_bias, qc=qc, seconds=secs)
+                          log_bias=log_bias, qc=qc, seconds=secs, warp=warp,
+                          warp_affine=None if warp is None else template.affine)
+
+
+def warp_in_voxels(warp_mm: np.ndarray, grid_affine: np.ndarray) -> np.ndarray:
+    """A displacement in template mm (3, ...) expressed in the voxel units of a grid with ``grid_affine``."""
+    inv = np.linalg.inv(np.asarray(grid_affine, dtype=np.float64)[:3, :3])
+    return np.einsum("ij,j...->i...", inv, warp_mm).astype(np.float32)

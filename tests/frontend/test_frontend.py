@@ -71,6 +71,58 @@ def test_registration_recovers_a_known_head_pose(orientation):
     assert fe.qc["brain_method"] == "skull_stripped"
 
 
+def _locally_expanded_scan(to_scan, centre, sigma=15.0, amp=8.0):
+    """A template scan whose tissue around ``centre`` is pushed outwards (as by larger ventricles):
+    scan point to_scan(x) shows the template at x - w(x). Returns the volume and w."""
+    from scipy import ndimage
+
+    def w(x):
+        d = x - centre
+        return amp * np.exp(-(d ** 2).sum(-1) / (2 * sigma ** 2))[..., None] * d / sigma
+
+    tpl = load_template()
+    shape, sp = (66, 80, 68), 3.0
+    a = np.diag([sp, sp, sp, 1.0])
+    a[:3, 3] = -(np.array(shape) - 1) / 2 * sp + np.array([0.0, -10.0, 10.0])
+    world = np.moveaxis(np.indices(shape, dtype=np.float64), 0, -1) @ a[:3, :3].T + a[:3, 3]
+    inv = np.linalg.inv(to_scan)
+    x = world @ inv[:3, :3].T + inv[:3, 3]
+    ti = np.linalg.inv(tpl.affine)
+    v = (x - w(x)) @ ti[:3, :3].T + ti[:3, 3]
+    arr = ndimage.map_coordinates(tpl.t1, np.moveaxis(v, -1, 0), order=1) * 900
+    return Volume(arr.astype(np.float32), a, Provenance(source_paths=["expanded.nii.gz"], format="nifti",
+                                                       scan_id="expanded")), w
+
+
+def test_deformable_refinement_follows_a_local_expansion_and_leaves_the_rest():
+    from scipy import ndimage
+
+    centre = np.array([18.0, -12.0, 18.0])
+    vol, w = _locally_expanded_scan(template_to_scan(), centre)
+    fe = run_frontend(vol, FrontEndConfig(brain="skull_stripped", bias="none", registration="deformable"))
+    assert fe.qc["deformable_similarity"] > fe.qc["registration_similarity"] + 0.01
+
+    def est(q):
+        vi = np.linalg.inv(fe.warp_affine) @ np.r_[q, 1.0]
+        return np.array([ndimage.map_coordinates(fe.warp[k], vi[:3, None], order=1)[0] for k in range(3)])
+
+    for q in (centre + [15.0, 0, 0], centre - [15.0, 0, 0], centre + [0, 0, 15.0]):
+        true = w(q)
+        along = est(q) @ true / np.linalg.norm(true)
+        assert 0.3 * np.linalg.norm(true) < along < 1.5 * np.linalg.norm(true)  # the right way, not overshooting
+    assert np.linalg.norm(est(np.array([-40.0, 30.0, 0.0]))) < 2.0  # far from the expansion: (almost) still
+
+    # the warp rides along into template-space preprocessing, and maps still land on the scan's exact grid
+    fcfg = FrontEndConfig(brain="skull_stripped", bias="none", registration="deformable")
+    pre = preprocess(vol, PreprocessConfig(spacing=(4, 4, 4), grid=(40, 48, 40), space="template",
+                                           intensity="wm_median", frontend=fcfg.to_dict()))
+    assert pre.mapping.displacement is not None
+    back = pre.mapping.to_source(pre.image)
+    assert back.shape == vol.shape
+    inside = pre.brain_source & (vol.array > 0.2 * vol.array.max())
+    assert np.corrcoef(back[inside], vol.array[inside])[0, 1] > 0.85
+
+
 def test_template_space_preprocessing_is_orientation_independent_and_inverts_exactly():
     cfg = PreprocessConfig(spacing=(4, 4, 4), grid=(40, 48, 40), space="template", intensity="wm_median",
                            frontend=CFG.to_dict())
