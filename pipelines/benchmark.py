@@ -70,7 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baselines", default="intensity-hyper,intensity-hypo,intensity-abs,normative,autoencoder")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-refine", action="store_true", help="don't try the inpainting refinement on val "
-                   "(variants refine=inpainting, ssim=structural term are tried on the best t* x K)")
+                   "(variants refine=inpainting, ssim=structural term, tens=all t* of the grid z-scored per t* "
+                   "are tried greedily on the best t* x K)")
     p.add_argument("--reuse", action="store_true",
                    help="keep medidiff runs already in --out whose calibration was made with the same score "
                         "settings (an interrupted benchmark continues; finished scans are not re-scored)")
@@ -239,16 +240,21 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
                           reuse=a.reuse)
             val_rows.append({"t": t, "k": k, **_row(r["report"]), "overrides": ov})
     best = max(val_rows, key=lambda r: -1 if r["voxel_ap"] is None else r["voxel_ap"])
-    # single-knob variants of the best t* x K, kept only if they beat it on val voxel AP
+    # variants of the best t* x K, each kept only if it beats the best so far on val voxel AP
     variants = [] if a.no_refine else [("refine", ["score.refine=true"])]
     variants.append(("ssim", ["score.structural_weight=0.5"]))
+    t_levels = sorted({r["t"] for r in val_rows})
+    if len(t_levels) > 1:  # every t* of the grid at once, each z-scored against its own healthy spread
+        variants.append(("tens", [f"score.t_fractions=[{','.join(f'{t:g}' for t in t_levels)}]",
+                                  "score.t_combine=zscore"]))
     base_best = best
-    for name, extra in variants:
-        tag = f"val_t{base_best['t']:g}_k{base_best['k']}_{name}"
-        ov = base_best["overrides"] + extra
+    for name, extra in variants:  # greedy: each knob on top of the best so far
+        label = f"{best['variant']}+{name}" if best.get("variant") else name
+        tag = f"val_t{base_best['t']:g}_k{base_best['k']}_{label.replace('+', '_')}"
+        ov = best["overrides"] + extra
         r = run_setting(model, tag, ov, splits["calib"], splits["val"], out, labels, a.n_boot, a.device, log,
-                          reuse=a.reuse)
-        row = {"t": base_best["t"], "k": base_best["k"], "variant": name, **_row(r["report"]), "overrides": ov}
+                        reuse=a.reuse)
+        row = {"t": base_best["t"], "k": base_best["k"], "variant": label, **_row(r["report"]), "overrides": ov}
         val_rows.append(row)
         if row["voxel_ap"] is not None and row["voxel_ap"] > (best["voxel_ap"] or -1):
             best = row

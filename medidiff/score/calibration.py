@@ -195,9 +195,10 @@ def _sums(raws, masks):
     fm = [m.astype(np.float64) for m in masks]
     s1 = sum(r * f for r, f in zip(raws, fm))
     s2 = sum((r.astype(np.float64) ** 2) * f for r, f in zip(raws, fm))
-    g1 = float(sum(r[m].sum() for r, m in zip(raws, masks)))
-    g2 = float(sum((r[m].astype(np.float64) ** 2).sum() for r, m in zip(raws, masks)))
-    gn = float(sum(m.sum() for m in masks))
+    # r[..., m]: a raw map may carry a leading t* axis (t_combine=zscore); the mask is spatial
+    g1 = float(sum(r[..., m].sum() for r, m in zip(raws, masks)))
+    g2 = float(sum((r[..., m].astype(np.float64) ** 2).sum() for r, m in zip(raws, masks)))
+    gn = float(sum(m.sum() * (r.size // m.size) for r, m in zip(raws, masks)))
     return s1, s2, sum(fm), g1, g2, gn
 
 
@@ -207,8 +208,8 @@ def _loo_stats(raws, masks) -> tuple[NormStats, list[NormStats]]:
     loo = []
     for r, m in zip(raws, masks):
         rr, f = r.astype(np.float64), m.astype(np.float64)
-        loo.append(NormStats.from_sums(s1 - rr * f, s2 - rr * rr * f, cnt - f, g1 - float(rr[m].sum()),
-                                       g2 - float((rr[m] ** 2).sum()), gn - float(m.sum())))
+        loo.append(NormStats.from_sums(s1 - rr * f, s2 - rr * rr * f, cnt - f, g1 - float(rr[..., m].sum()),
+                                       g2 - float((rr[..., m] ** 2).sum()), gn - float(m.sum() * (r.size // m.size))))
     return final, loo
 
 
@@ -281,10 +282,10 @@ def calibrate_maps(maps, ids: Sequence[str], post: PostProcessor, *, model_hash:
     first = fit_thresholds([m.raw for m in maps], [m.region for m in maps], post)
     if refine is None:
         return build_calibration(first, post.cfg, model_hash=model_hash, runtime=runtime,
-                                 grid=maps[0].raw.shape, scan_ids=ids, method=method)
+                                 grid=maps[0].region.shape, scan_ids=ids, method=method)
     refined = [refine(m, amap, first.voxel_threshold) for m, amap in zip(maps, first.loo_maps)]
     fit = fit_thresholds([m.raw for m in refined], [m.region for m in refined], post)
-    cal = build_calibration(fit, post.cfg, model_hash=model_hash, runtime=runtime, grid=maps[0].raw.shape,
+    cal = build_calibration(fit, post.cfg, model_hash=model_hash, runtime=runtime, grid=maps[0].region.shape,
                             scan_ids=ids, method=method)
     cal.refine_stats, cal.refine_voxel_threshold = first.stats, first.voxel_threshold
     return cal

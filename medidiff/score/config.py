@@ -16,13 +16,18 @@ import yaml
 
 SMOOTHING = ("median", "gaussian", "none")
 NORMALIZATION = ("voxelwise", "global", "none")
+T_COMBINE = ("reconstruction", "zscore")
 SCORE_TYPES = ("topk_mean", "percentile", "supra_volume", "largest_cluster")
 
 
 @dataclass
 class ScoreConfig:
-    # Partial noising: t* as fractions of the training timesteps; several levels are averaged.
+    # Partial noising: t* as fractions of the training timesteps. Several levels are combined by
+    # t_combine: "reconstruction" averages the reconstructions into one residual; "zscore" keeps one
+    # residual map per t*, z-scores each against its own healthy statistics and averages the z maps
+    # (Graham et al. 2023: each t* has its own healthy spread, so raw residuals do not add up)
     t_fractions: tuple[float, ...] = (0.1,)
+    t_combine: str = "reconstruction"
     steps: int = 1  # DDIM steps from t* to 0; 1 = single-step x0 prediction
     n_draws: int = 4  # noise draws per t*, batched through the network together
     batch_size: int = 8
@@ -67,6 +72,11 @@ class ScoreConfig:
             errs.append(f"smoothing must be one of {SMOOTHING}")
         if self.normalization not in NORMALIZATION:
             errs.append(f"normalization must be one of {NORMALIZATION}")
+        if self.t_combine not in T_COMBINE:
+            errs.append(f"t_combine must be one of {T_COMBINE}")
+        elif self.t_combine == "zscore" and self.normalization == "global":
+            errs.append("t_combine=zscore needs voxelwise (or no) normalisation: one global mean/std cannot "
+                        "z-score each t* on its own")
         if self.score not in SCORE_TYPES:
             errs.append(f"score must be one of {SCORE_TYPES}")
         if self.min_component_mm3 < 0:
@@ -94,6 +104,8 @@ class ScoreConfig:
         resolved precision, device kind and noise type/parameters (see ``Scorer.runtime_settings``)."""
         d = self.to_dict()
         d.pop("batch_size")
+        if d["t_combine"] == "reconstruction":  # added later: the default keeps older calibrations valid
+            d.pop("t_combine")
         if runtime is not None:
             d["runtime"] = runtime
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -75,12 +75,16 @@ def raw_map(image: np.ndarray, recon: np.ndarray, fg_mask: np.ndarray, cfg: Scor
 
 
 def normalize_map(raw: np.ndarray, fg_mask: np.ndarray, stats: "NormStats | None", cfg: ScoreConfig) -> np.ndarray:
+    """z-like map (negative values cut). A raw map with a leading t* axis (``t_combine=zscore``) is
+    z-scored per t* against that t*'s healthy statistics and the z maps are averaged."""
     if stats is None or cfg.normalization == "none":
-        return raw
+        return raw.mean(axis=0).astype(np.float32) if raw.ndim == 4 else raw
     if cfg.normalization == "global":
         z = (raw - stats.global_mean) / stats.global_std
     else:
         z = (raw - stats.mean) / stats.std
+    if z.ndim == 4:
+        z = z.mean(axis=0)
     return np.where(fg_mask, np.maximum(z, 0.0), 0.0).astype(np.float32)
 
 
@@ -101,15 +105,22 @@ class NormStats:
         per-voxel std is too noisy to divide by."""
         gm = g1 / max(gn, 1)
         gs = float(np.sqrt(max(g2 / max(gn, 1) - gm * gm, 1e-12)))
+        fill_mean, fill_sd = gm, gs
+        if s1.ndim == 4:  # one map per t*: fill and floor with each t*'s own global statistics
+            total = max(float(count.sum()), 1.0)
+            fill_mean = s1.reshape(len(s1), -1).sum(axis=1) / total
+            fill_sd = np.sqrt(np.maximum(s2.reshape(len(s2), -1).sum(axis=1) / total - fill_mean ** 2, 1e-12))
+            fill_mean, fill_sd = fill_mean[:, None, None, None], fill_sd[:, None, None, None]
         n = np.maximum(count, 1)
         mean = s1 / n
         var = np.maximum(s2 / n - mean * mean, 0.0)
-        mean = np.where(count > 0, mean, gm)
-        var = np.where(count > 1, var, gs * gs)
-        if smooth_vox > 0:
-            mean = ndimage.gaussian_filter(mean, smooth_vox)
-            var = ndimage.gaussian_filter(var, smooth_vox)
-        std = np.maximum(np.sqrt(var), 0.5 * gs)
+        mean = np.where(count > 0, mean, fill_mean)
+        var = np.where(count > 1, var, fill_sd * fill_sd)
+        if smooth_vox > 0:  # spatial axes only: a leading t* axis is never mixed
+            sigma = (0.0,) * (mean.ndim - 3) + (smooth_vox,) * 3
+            mean = ndimage.gaussian_filter(mean, sigma)
+            var = ndimage.gaussian_filter(var, sigma)
+        std = np.maximum(np.sqrt(var), 0.5 * fill_sd)
         return cls(mean, std, gm, gs)
 
 

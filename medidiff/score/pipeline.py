@@ -47,6 +47,12 @@ class Scorer:
         """Raw residual map of the plain partial-diffusion reconstruction."""
         pre = preprocess(volume, self.pcfg)
         region = scoring_mask(pre.foreground, self.cfg, self.spacing)
+        if self.cfg.t_combine == "zscore" and len(self.cfg.t_fractions) > 1:
+            # one raw map per t* (leading axis), z-scored per t* by the post-processor
+            recs = [self.reconstructor.reconstruct(pre.image, seed=seed, fractions=(f,)) for f in self.cfg.t_fractions]
+            raw = np.stack([raw_map(pre.image, r.mean, region, self.cfg, self.spacing) for r in recs])
+            recon = np.mean([r.mean for r in recs], axis=0).astype(np.float32)
+            return ModelGridMap(pre=pre, raw=raw, region=region, n_evals=sum(r.n_evals for r in recs), recon=recon)
         rec = self.reconstructor.reconstruct(pre.image, seed=seed)
         raw = raw_map(pre.image, rec.mean, region, self.cfg, self.spacing)
         return ModelGridMap(pre=pre, raw=raw, region=region, n_evals=rec.n_evals, recon=rec.mean)

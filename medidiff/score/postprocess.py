@@ -36,7 +36,8 @@ class ModelGridMap:
     """What a method hands to the post-processor."""
 
     pre: Preprocessed
-    raw: np.ndarray  # float32 raw anomaly map on the model grid (0 outside ``region``)
+    # float32 raw anomaly map on the model grid (0 outside ``region``); (n_t, *grid) with t_combine=zscore
+    raw: np.ndarray
     region: np.ndarray  # bool scoring mask on the model grid
     n_evals: int = 0
     recon: np.ndarray | None = None  # model-grid reconstruction (model intensity units), if the method has one

@@ -80,7 +80,12 @@ def test_benchmark_quick_end_to_end(tiny_model_dir, mni_small, tmp_path):
         assert brun["score_config"]["score"] == res["methods"][name]["score"]
     # test labels never used before evaluation: the medidiff test run was scored once, with the val choice
     run = json.loads((out / "runs" / "test_medidiff" / "run.json").read_text())
-    assert run["score_config"]["t_fractions"] == [res["chosen"]["t"]]
+    ensemble = [r for r in res["val_grid"] if r.get("variant", "").endswith("tens")]
+    assert len(ensemble) == 1 and "score.t_combine=zscore" in ensemble[0]["overrides"]
+    if "tens" in res["chosen"]["variant"]:
+        assert run["score_config"]["t_fractions"] == [0.1, 0.25] and run["score_config"]["t_combine"] == "zscore"
+    else:
+        assert run["score_config"]["t_fractions"] == [res["chosen"]["t"]]
     text = md.read_text()
     for needle in ("| medidiff |", "| intensity-hyper |", "same post-processor", "Verdict", "intensity baseline", "t*", "CPU:", "--quick",
                    "Quick smoke run"):
@@ -88,3 +93,13 @@ def test_benchmark_quick_end_to_end(tiny_model_dir, mni_small, tmp_path):
     assert (out / "runs" / "test_medidiff" / "evaluation" / "metrics.json").is_file()
     rec = json.loads((out / "runs" / "test_medidiff" / "evaluation" / "metrics.json").read_text())["reconstruction"]
     assert rec["available"] and rec["n_scans"] == 2
+
+
+    # --reuse: an interrupted benchmark continues; medidiff runs with matching calibrations are not redone
+    logs = []
+    again = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(out), "--bench-md", str(md),
+                        "--quick", "--set", "score.batch_size=4", "--baselines", "intensity-hyper", "--n-boot", "50",
+                        "--no-plots", "--reuse"], log=logs.append)
+    assert sum("calibration reused" in m for m in logs) == len(res["val_grid"]) + len(res["val_score_types"]) + 1 - sum(
+        1 for r in res["val_score_types"] if not r["overrides"])
+    assert again["methods"]["medidiff"]["row"] == res["methods"]["medidiff"]["row"]

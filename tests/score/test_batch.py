@@ -217,3 +217,27 @@ def test_refinement_is_calibrated_with_the_rule_it_scores_with(tiny_model_dir, m
     assert seen == [cal.refine_voxel_threshold]  # scoring: the same rule, the same threshold
     loaded = Calibration.load(model)
     np.testing.assert_array_equal(loaded.refine_stats.mean, cal.refine_stats.mean)
+
+
+def test_t_star_ensemble_scores_end_to_end(tiny_model_dir, mni_small, tmp_path):
+    """Two t* z-scored separately: calibration keeps one statistics map per t*, maps land on the scan grid."""
+    import shutil
+
+    data, affine = mni_small
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    healthy = tmp_path / "healthy"
+    for i in range(2):
+        _write_cohort(healthy / f"h{i}", data, affine, kinds=("RAS", "LPS"), seed=20 + i)
+    ens = FAST + ("score.t_fractions=[0.05,0.2]", "score.t_combine=zscore", "score.scan_fpr=0.25")
+    cal = calibrate_model(model, healthy, overrides=ens, progress=False, log=lambda m: None)
+    assert cal.stats.mean.shape == (2, 16, 16, 16) and cal.grid == [16, 16, 16]
+    assert Calibration.load(model).stats.mean.shape == (2, 16, 16, 16)
+    target = tmp_path / "in"
+    _write_cohort(target, data, affine, kinds=("oblique",), seed=30)
+    score_folder(model, target, tmp_path / "out", progress=False, log=lambda m: None)
+    df = pd.read_csv(tmp_path / "out" / "scores.csv")
+    assert (df.status == "ok").all() and df.n_evals.iloc[0] == 2 * 2  # two t*, two draws each
+    src = nib.load(target / "oblique.nii.gz")
+    amap = nib.load(tmp_path / "out" / "scans" / df.scan_id.iloc[0] / "anomaly_map.nii.gz")
+    assert amap.shape == src.shape and np.allclose(amap.affine, src.affine)

@@ -177,3 +177,39 @@ def test_small_components_are_dropped_from_the_decision_and_the_score():
     # the post-processor's decision (the written mask) is exactly what the score counts
     pp = PostProcessor(ScoreConfig(score="supra_volume", min_component_mm3=40.0), (2, 2, 2))
     assert pp.decide(amap, region, 1.0).sum() * vol == scan_score(amap, region, pp.cfg, vol, 1.0)
+
+
+def test_t_ensemble_is_z_scored_per_t_star_and_averaged():
+    """t_combine=zscore: each t* has its own healthy spread (a higher t* has larger residuals);
+    z-scoring each against its own statistics puts them on one scale before averaging."""
+    rng = np.random.default_rng(3)
+    region = np.zeros(GRID, bool)
+    region[2:10, 2:10, 2:10] = True
+    maps = []
+    for _ in range(8):  # t* 1: residual ~1, t* 2: residual ~10 with 5x the spread
+        raw = np.stack([1.0 + 0.1 * rng.normal(size=GRID), 10.0 + 0.5 * rng.normal(size=GRID)]).astype(np.float32)
+        maps.append(ModelGridMap(pre=None, raw=np.where(region, raw, 0).astype(np.float32), region=region))
+    cal = _calibrate(maps, t_fractions=(0.1, 0.3), t_combine="zscore", voxel_fpr=0.01)
+    assert cal.stats.mean.shape == (2,) + GRID and cal.grid == list(GRID)
+    inside = cal.stats.mean[:, region]
+    assert abs(np.median(inside[0]) - 1.0) < 0.05 and abs(np.median(inside[1]) - 10.0) < 0.1  # never mixed
+    post = PostProcessor(ScoreConfig(t_fractions=(0.1, 0.3), t_combine="zscore"), (2.0, 2.0, 2.0), cal)
+    # a voxel 3 healthy SDs up at t* 1 only: its z is about 3 there, 0 at t* 2, mean 1.5
+    probe = np.stack([np.where(region, 1.0, 0), np.where(region, 10.0, 0)]).astype(np.float32)
+    probe[0, 6, 6, 6] += 3 * cal.stats.std[0, 6, 6, 6]
+    z = post.normalize(probe, region)
+    assert z.shape == GRID and z[6, 6, 6] == pytest.approx(1.5 + 0.5 * (1.0 - cal.stats.mean[0, 6, 6, 6])
+                                                          / cal.stats.std[0, 6, 6, 6]
+                                                          + 0.5 * (10.0 - cal.stats.mean[1, 6, 6, 6])
+                                                          / cal.stats.std[1, 6, 6, 6], abs=1e-4)
+    with pytest.raises(ValueError, match="t_combine=zscore needs voxelwise"):
+        ScoreConfig(t_fractions=(0.1, 0.3), t_combine="zscore", normalization="global")
+
+
+def test_new_default_setting_keeps_older_calibration_hashes():
+    cfg = ScoreConfig()
+    d = cfg.to_dict()
+    d.pop("t_combine")
+    old_style = ScoreConfig.from_dict(d)
+    assert old_style.hash({}) == cfg.hash({})
+    assert ScoreConfig(t_fractions=(0.1, 0.2), t_combine="zscore").hash({}) != ScoreConfig(t_fractions=(0.1, 0.2)).hash({})
