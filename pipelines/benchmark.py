@@ -175,7 +175,11 @@ def _reusable_calibration(mdir: Path, overrides: list[str]):
         cal = Calibration.load(mdir)
     except Exception:  # noqa: BLE001 - a damaged calibration is simply recomputed
         return None
-    if cal is None or cal.score_config != load_score_config(None, tuple(overrides)).to_dict():
+    from medidiff.score.config import ScoreConfig
+
+    # compared through ScoreConfig so settings added since (at their defaults) still match
+    if cal is None or ScoreConfig.from_dict(cal.score_config).to_dict() != load_score_config(
+            None, tuple(overrides)).to_dict():
         return None
     return cal
 
