@@ -164,11 +164,27 @@ class Stage:
             log_fn: Callable[[str], None] = print, max_new_steps: int | None = None) -> str:
         """Train until max_steps, the wall-clock ``deadline`` (time.monotonic()) or ``max_new_steps``
         steps in this call; returns why it stopped."""
+        from ..train.loop import catch_stop_signals, restore_signals
+
+        start = self.step
+        stop_signal: list[int] = []
+        previous = catch_stop_signals(stop_signal)  # SIGTERM/Ctrl-C: stop at a step boundary and save
+        try:
+            stopped = self._loop(deadline, on_checkpoint, log_fn, max_new_steps, stop_signal, start)
+        finally:
+            restore_signals(previous)
+        return stopped
+
+    def _loop(self, deadline, on_checkpoint, log_fn, max_new_steps, stop_signal: list[int], start: int) -> str:
+        """The step loop of :meth:`run`; ``stop_signal`` fills when SIGTERM/SIGINT arrives."""
         stopped = "max_steps"
         window: list[dict[str, float]] = []
         t_wall, t_cpu = time.monotonic(), time.process_time()
-        last_save = start = self.step
+        last_save = start
         while not self.finished:
+            if stop_signal:
+                stopped = "signal"
+                break
             if deadline is not None and time.monotonic() >= deadline:
                 stopped = "time_budget"
                 break

@@ -343,7 +343,7 @@ class Trainer:
         start_step = self.step
         prog = _Progress(total, self.step, enabled=self.progress, budget=budget)
         stop_signal: list[int] = []
-        previous = _catch_stop_signals(stop_signal)
+        previous = catch_stop_signals(stop_signal)
         try:
             while self.step < total:
                 if self._any(bool(stop_signal)):  # SIGTERM/SIGINT: finish this step's bookkeeping, save, exit
@@ -379,7 +379,7 @@ class Trainer:
                     self.save(stopped=None, seconds=time.monotonic() - t_start)
         finally:
             prog.close()
-            _restore_signals(previous)
+            restore_signals(previous)
         if window and self.is_main:
             self.history.append({"step": self.step, "loss": float(np.mean(window)),
                                  "lr": float(self.lr_sched.get_last_lr()[0])})
@@ -397,7 +397,7 @@ class Trainer:
                            (done / sum(step_times)) if step_times else None, list(self.history))
 
 
-def _catch_stop_signals(flag: list[int]) -> dict[int, Any]:
+def catch_stop_signals(flag: list[int]) -> dict[int, Any]:
     """SIGTERM/SIGINT set ``flag`` so training stops at the next step boundary with a full save
     (a batch scheduler's pre-emption or Ctrl-C never costs more than one step). Main thread only."""
     import signal
@@ -411,7 +411,7 @@ def _catch_stop_signals(flag: list[int]) -> dict[int, Any]:
     return previous
 
 
-def _restore_signals(previous: dict[int, Any]) -> None:
+def restore_signals(previous: dict[int, Any]) -> None:
     import signal
 
     for sig, handler in previous.items():
