@@ -232,12 +232,13 @@ class Trainer:
         return None
 
     def warm_start(self, model_dir: str | Path) -> None:
-        """Start from another trained model's EMA weights (the architecture must match)."""
+        """Start from another trained model's EMA weights (the architecture must match, except that a
+        patch model may add coordinate input channels to a whole-volume model: they start at zero)."""
         loaded = ckpt.load_model(model_dir, device=self.device)
         net = getattr(loaded.network, "unet", loaded.network)  # a patch model's U-Net behind its sliding windows
         try:
-            self.net.load_state_dict(net.state_dict(), strict=True)
-        except RuntimeError as exc:
+            self.net.load_state_dict(widen_inputs(net.state_dict(), self.net.state_dict()), strict=True)
+        except (RuntimeError, ValueError) as exc:
             raise ValueError(f"{model_dir}: its network does not fit this config ({str(exc)[:200]})") from exc
         self.ema.load_state_dict(self.net.state_dict())
         self.data_summary["warm_start"] = {"model": str(model_dir), "model_hash": loaded.model_hash,
@@ -395,6 +396,25 @@ class Trainer:
         done = self.step - start_step
         return TrainResult(self.out, self.step, self._last("loss"), self._last("val_loss"), stopped, seconds,
                            (done / sum(step_times)) if step_times else None, list(self.history))
+
+
+def widen_inputs(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``source`` weights shaped for ``target``: a convolution that gains input channels in the target
+    (the coordinate channels of a patch model) keeps the source's weights for its first channels and
+    zeros for the new ones, so the warm-started network computes exactly what the source did."""
+    out = dict(source)
+    for key, want in target.items():
+        have = source.get(key)
+        if have is None or have.shape == want.shape:
+            continue
+        if have.ndim == want.ndim >= 2 and have.shape[0] == want.shape[0] and have.shape[2:] == want.shape[2:] \
+                and have.shape[1] < want.shape[1]:
+            grown = torch.zeros_like(want)
+            grown[:, :have.shape[1]] = have.to(want.dtype)
+            out[key] = grown
+        else:
+            raise ValueError(f"{key}: shape {tuple(have.shape)} does not fit {tuple(want.shape)}")
+    return out
 
 
 def catch_stop_signals(flag: list[int]) -> dict[int, Any]:

@@ -148,3 +148,24 @@ def test_warm_start_begins_from_another_models_weights(tmp_path):
                   tmp_path / "c", device="cpu", progress=False)
     with pytest.raises(ValueError, match="does not fit"):
         bad.warm_start(tmp_path / "a")
+
+
+def test_warm_start_a_patch_model_from_a_whole_volume_model(tmp_path):
+    """The coordinate channels a patch model adds start at zero: before any step it denoises a
+    patch exactly as the whole-volume model it came from."""
+    from medidiff.train.checkpoint import load_model
+
+    cfg = tiny_config("train.max_steps=2")
+    first = Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "a", device="cpu", progress=False)
+    first.train_step(0)
+    first.save()
+    patch_cfg = tiny_config("train.max_steps=2", "model.patch_size=[8,8,8]")
+    second = Trainer(patch_cfg, synthetic_prepared(n=4), None, tmp_path / "b", device="cpu", seed=7, progress=False)
+    second.warm_start(tmp_path / "a")
+    src = load_model(tmp_path / "a").network.eval()
+    net = second.net.eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    coords = torch.randn(1, 3, 8, 8, 8)
+    t = torch.tensor([100])
+    with torch.no_grad():
+        assert torch.allclose(net(torch.cat([x, coords], 1), timesteps=t), src(x, timesteps=t), atol=1e-5)
