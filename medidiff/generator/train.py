@@ -31,6 +31,7 @@ import torch
 
 from ..io.atomic import write_text_atomic
 from ..jsonutil import json_default
+from ..preprocess import PreprocessConfig
 from ..train import checkpoint as ckpt
 from ..train.data import PreparedData, make_batch, prepare, sample_indices, step_seed
 from ..train.loop import lr_lambda_factory
@@ -83,6 +84,18 @@ def load_training_data(data: str | Path, cfg: GeneratorConfig, run_dir: Path, sp
 
 # ----------------------------------------------------------------------------- one stage
 
+def _normalised(fingerprint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored fingerprint with its preprocessing re-read through PreprocessConfig, so a front-end
+    setting added since (at its default) does not block a resume."""
+    if not fingerprint or "preprocess" not in fingerprint:
+        return fingerprint
+    try:
+        pre = PreprocessConfig.from_dict(fingerprint["preprocess"]).to_dict()
+    except (TypeError, ValueError):
+        return fingerprint
+    return json.loads(json.dumps({**fingerprint, "preprocess": pre}, default=json_default))
+
+
 class Stage:
     """AdamW + warm-up/cosine + EMA + gradient clipping + bf16 autocast, checkpointed with
     :mod:`medidiff.train.checkpoint` (safetensors; never pickle)."""
@@ -115,7 +128,7 @@ class Stage:
         if not (self.out / ckpt.STATE_META_FILE).is_file():
             return False
         tensors, meta = ckpt.load_train_state(self.out)
-        if meta.get("fingerprint") != self.fingerprint:
+        if _normalised(meta.get("fingerprint")) != self.fingerprint:
             raise ckpt.CheckpointError(f"{self.out}: cannot resume the {self.name} stage: its config (networks, "
                                        "preprocessing, seed or the stage-1 weights it builds on) changed")
         self.step = ckpt.restore_train_state(tensors, meta, model=self.net, ema_model=self.ema, optimizer=self.opt,

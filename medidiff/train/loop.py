@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.config import Config
+from ..model.config import Config, ConfigError
 from ..model.diffusion import add_noise, build_scheduler, training_target
 from ..model.network import build_network, count_parameters
 from ..model.noise import make_noise
@@ -280,6 +280,10 @@ class Trainer:
             return False
         tensors, meta = ckpt.load_train_state(self.out)
         old = meta.get("config", {})
+        try:  # through Config: a setting added since, at its default, is not a difference
+            old = Config.from_dict(old).to_dict()
+        except (ConfigError, TypeError, ValueError):
+            pass  # unreadable: the comparison below reports the differing section
         new = self.cfg.to_dict()
         for section in ("preprocess", "model", "diffusion"):
             if old.get(section) != new.get(section):

@@ -218,3 +218,24 @@ def test_synthesize_quality_report_has_real_vs_real_references(trained, scans, t
     assert {"brain fraction of the grid (mean)", "feature Fréchet distance", "MMD² (RBF, 2x pooled)",
             "MS-SSIM among scans (mean)", "samples flagged as memorised"} <= measures
     assert all(isinstance(r["met"], bool) and r["real"] is not None for r in summary.quality["comparison"])
+
+
+def test_resume_accepts_a_front_end_setting_added_since_at_its_default(trained, scans, tmp_path):
+    """A run checkpointed before a new front-end option existed resumes: at its default the option
+    changes nothing. A real change of the preprocessing still refuses."""
+    cfg = load_generator_config(TINY)
+    out = tmp_path / "run"
+    train_generator(cfg, scans, out, max_new_steps=2, log_fn=lambda m: None)
+    meta_path = out / "autoencoder" / "train_state.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"]["preprocess"]["frontend"] = None if meta["fingerprint"]["preprocess"].get("frontend") is None \
+        else {k: v for k, v in meta["fingerprint"]["preprocess"]["frontend"].items() if k != "deformable_spacing_mm"}
+    meta["fingerprint"]["preprocess"].pop("antialias")  # as if written before this option existed
+    meta_path.write_text(json.dumps(meta))
+    report = train_generator(cfg, scans, out, resume=True, max_new_steps=1, log_fn=lambda m: None)
+    assert report["autoencoder"]["steps"] == 3
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"]["preprocess"]["spacing"] = [2.0, 2.0, 2.0]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="autoencoder stage"):
+        train_generator(cfg, scans, out, resume=True, max_new_steps=1, log_fn=lambda m: None)

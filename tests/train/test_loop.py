@@ -169,3 +169,26 @@ def test_warm_start_a_patch_model_from_a_whole_volume_model(tmp_path):
     t = torch.tensor([100])
     with torch.no_grad():
         assert torch.allclose(net(torch.cat([x, coords], 1), timesteps=t), src(x, timesteps=t), atol=1e-5)
+
+
+def test_resume_accepts_a_setting_added_since_at_its_default(tmp_path):
+    """A checkpoint written before a config option existed resumes (the option at its default changes
+    nothing); a real change of a section is still refused."""
+    import json
+
+    from medidiff.train import checkpoint as ckpt
+
+    cfg = tiny_config("train.max_steps=4")
+    first = Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "run", device="cpu", progress=False)
+    first.train_step(0)
+    first.save()
+    meta_path = tmp_path / "run" / ckpt.STATE_META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["preprocess"].pop("antialias")
+    meta_path.write_text(json.dumps(meta))
+    again = Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "run", device="cpu", progress=False)
+    assert again.resume() and again.step == first.step
+    meta["config"]["model"]["channels"] = [4, 8]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ckpt.CheckpointError, match="model section"):
+        Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "run", device="cpu", progress=False).resume()
