@@ -188,7 +188,7 @@ def test_resume_accepts_a_setting_added_since_at_its_default(tmp_path):
     meta_path.write_text(json.dumps(meta))
     again = Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "run", device="cpu", progress=False)
     assert again.resume() and again.step == first.step
-    meta["config"]["model"]["channels"] = [4, 8]
+    meta["config"]["model"]["channels"] = [16, 32]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ckpt.CheckpointError, match="model section"):
         Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "run", device="cpu", progress=False).resume()
