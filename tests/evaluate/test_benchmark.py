@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,12 @@ import nibabel as nib
 import numpy as np
 
 from medidiff.lesions import insert_anomaly
+from pipeline_scripts import load_pipeline
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "pipelines" / "benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_pipeline("benchmark")
 
 
 def _cohort(root: Path, data: np.ndarray, affine: np.ndarray) -> Path:

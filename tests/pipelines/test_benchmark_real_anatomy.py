@@ -3,7 +3,6 @@ a known pose, a tiny template-space model, the normative baseline; metrics on th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,15 +12,13 @@ import pandas as pd
 
 from frontend_factory import scan_from_template, template_to_scan
 from medidiff.io import write_nifti
+from pipeline_scripts import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("benchmark_real_anatomy", ROOT / "pipelines" / "benchmark_real_anatomy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_pipeline("benchmark_real_anatomy")
 
 
 def _tiny_template_model(folder: Path) -> Path:
@@ -29,7 +26,6 @@ def _tiny_template_model(folder: Path) -> Path:
 
     from medidiff.model.config import load_config
     from medidiff.model.network import build_network
-    from medidiff.score.calibration import calibrate_model
     from medidiff.train.checkpoint import save_model
 
     torch.manual_seed(0)

@@ -4,7 +4,6 @@ MNI-derived cohort; the normative baseline trained on real and on synthetic volu
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,15 +12,13 @@ import numpy as np
 import pytest
 
 from medidiff.lesions import insert_anomaly
+from pipeline_scripts import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_pipeline(name)
 
 
 def _cohort(root: Path, data: np.ndarray, affine: np.ndarray) -> Path:
