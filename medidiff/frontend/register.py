@@ -14,7 +14,8 @@ from .sitk_bridge import to_sitk, transform_matrix_ras
 from .template import Template
 
 
-def _method(shrink: list[int], sigmas: list[float], seed: int, fixed_mask):
+def _metric(seed: int, fixed_mask):
+    """The registration method with the metric every stage shares (the optimiser is set by the caller)."""
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
@@ -25,6 +26,20 @@ def _method(shrink: list[int], sigmas: list[float], seed: int, fixed_mask):
     reg.SetMetricSamplingPercentage(0.20, seed)  # fixed seed: the same scan always registers the same way
     reg.SetMetricFixedMask(fixed_mask)  # samples where the template has brain (not its empty box)
     reg.SetInterpolator(sitk.sitkLinear)
+    return reg
+
+
+def _images(brain: np.ndarray, affine: np.ndarray, template: Template):
+    """(fixed template, its dilated brain mask, moving brain) as SimpleITK images."""
+    from scipy import ndimage
+
+    fixed = to_sitk(template.t1, template.affine)
+    fixed_mask = to_sitk(ndimage.binary_dilation(template.brain, iterations=3).astype(np.uint8), template.affine)
+    return fixed, fixed_mask, to_sitk(np.asarray(brain, dtype=np.float32), affine)
+
+
+def _method(shrink: list[int], sigmas: list[float], seed: int, fixed_mask):
+    reg = _metric(seed, fixed_mask)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=100,
                                                  relaxationFactor=0.6)
     reg.SetOptimizerScalesFromPhysicalShift()
@@ -39,11 +54,7 @@ def register_to_template(brain: np.ndarray, affine: np.ndarray, template: Templa
     """4x4 RAS matrix ``template mm → scan mm`` for a skull-stripped ``brain`` image on ``affine``."""
     import SimpleITK as sitk
 
-    from scipy import ndimage
-
-    fixed = to_sitk(template.t1, template.affine)
-    fixed_mask = to_sitk(ndimage.binary_dilation(template.brain, iterations=3).astype(np.uint8), template.affine)
-    moving = to_sitk(np.asarray(brain, dtype=np.float32), affine)
+    fixed, fixed_mask, moving = _images(brain, affine, template)
     init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
     rigid_reg = _method([4, 2], [4.0, 2.0], seed, fixed_mask)
@@ -71,13 +82,9 @@ def refine_deformable(brain: np.ndarray, affine: np.ndarray, template: Template,
     """
     import SimpleITK as sitk
 
-    from scipy import ndimage
-
     from .sitk_bridge import FLIP
 
-    fixed = to_sitk(template.t1, template.affine)
-    fixed_mask = to_sitk(ndimage.binary_dilation(template.brain, iterations=3).astype(np.uint8), template.affine)
-    moving = to_sitk(np.asarray(brain, dtype=np.float32), affine)
+    fixed, fixed_mask, moving = _images(brain, affine, template)
     initial = sitk.AffineTransform(3)
     m_lps = FLIP @ np.asarray(template_to_scan, dtype=np.float64) @ FLIP
     initial.SetMatrix([float(v) for v in m_lps[:3, :3].ravel()])
@@ -85,12 +92,7 @@ def refine_deformable(brain: np.ndarray, affine: np.ndarray, template: Template,
     extent = np.array(fixed.GetSize()) * np.array(fixed.GetSpacing())
     mesh = [max(1, int(round(e / control_spacing_mm))) for e in extent]
     bspline = sitk.BSplineTransformInitializer(fixed, mesh, 3)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.REGULAR)
-    reg.SetMetricSamplingPercentage(0.20, seed)
-    reg.SetMetricFixedMask(fixed_mask)
-    reg.SetInterpolator(sitk.sitkLinear)
+    reg = _metric(seed, fixed_mask)
     reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-4, numberOfIterations=25,
                              maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=60)
     # one 4 mm level: the control points are 8x coarser than that, finer levels only cost time
