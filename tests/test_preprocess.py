@@ -199,12 +199,17 @@ def test_zero_displacement_is_the_affine_mapping():
     assert np.allclose(plain.to_source(m), bent.to_source(m), atol=1e-4)
 
 
-def test_displaced_mapping_samples_the_warped_points_and_inverts():
+@pytest.mark.parametrize("stored", ["RAS", "LPS-permuted"])
+def test_displaced_mapping_samples_the_warped_points_and_inverts(stored):
     from medidiff.preprocess import invert_displacement
 
     shape = (28, 32, 26)
     src_aff = _ras_affine((1.0, 1.0, 1.0), (-50, -55, -45))
-    src = _sample((100, 110, 90), src_aff, _world_fn)
+    src_shape = (100, 110, 90)
+    if stored == "LPS-permuted":  # axes stored P, S, L (flipped and permuted, as sagittal exports are)
+        src_aff = np.array([[0, 0, -1.0, 45], [-1.0, 0, 0, 55], [0, 1.0, 0, -45], [0, 0, 0, 1]])
+        src_shape = (110, 90, 100)
+    src = _sample(src_shape, src_aff, _world_fn)
     model_aff = model_affine((3, 3, 3), shape, (0, 0, 0))
     disp = _smooth_displacement(shape)
     mapping = GridMapping(src.shape, src_aff, shape, model_aff, disp)
