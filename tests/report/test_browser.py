@@ -136,6 +136,10 @@ class Browser:
         height = int(self.eval("Math.ceil(document.documentElement.scrollHeight)"))  # at this width
         self.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=min(height, 6000),
                   deviceScaleFactor=1, mobile=False)
+        # A resized page repaints over a few frames; on a busy machine capturing at once
+        # gave blank bands. Wait for two frames and for every image to decode first.
+        self.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+                  ".then(() => Promise.all(Array.from(document.images).map(i => i.decode().catch(() => null))))")
         data = self.call("Page.captureScreenshot", session=True, format="png")["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
