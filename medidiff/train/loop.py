@@ -285,6 +285,8 @@ class Trainer:
         except (ConfigError, TypeError, ValueError):
             pass  # unreadable: the comparison below reports the differing section
         new = self.cfg.to_dict()
+        # Compare as JSON: the checkpoint's lists must equal the config's tuples.
+        old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
         for section in ("preprocess", "model", "diffusion"):
             if old.get(section) != new.get(section):
                 raise ckpt.CheckpointError(

@@ -171,14 +171,16 @@ def test_warm_start_a_patch_model_from_a_whole_volume_model(tmp_path):
         assert torch.allclose(net(torch.cat([x, coords], 1), timesteps=t), src(x, timesteps=t), atol=1e-5)
 
 
-def test_resume_accepts_a_setting_added_since_at_its_default(tmp_path):
+@pytest.mark.parametrize("space", ["scan", "template"])
+def test_resume_accepts_a_setting_added_since_at_its_default(tmp_path, space):
     """A checkpoint written before a config option existed resumes (the option at its default changes
-    nothing); a real change of a section is still refused."""
+    nothing); a real change of a section is still refused. Template space has tuple-valued front-end
+    settings that come back from the checkpoint's JSON as lists."""
     import json
 
     from medidiff.train import checkpoint as ckpt
 
-    cfg = tiny_config("train.max_steps=4")
+    cfg = tiny_config("train.max_steps=4", f"preprocess.space={space}")
     first = Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "run", device="cpu", progress=False)
     first.train_step(0)
     first.save()
