@@ -78,7 +78,10 @@ def run_arm(name: str, train: Path, splits: dict[str, Path], labels: Path, out: 
                  overrides=tuple(a.overrides), log=log)
     rep = evaluate_run(out, labels, opts=EvalOptions(n_boot=a.n_boot, plots=False), log=log)
     sample, voxel = rep.get("sample") or {}, rep.get("voxel") or {}
-    return {"arm": name, "train": str(train), "n_train": len(list(_images(train))),
+    # Volumes the front end refuses (e.g. an implausible brain volume) are left out of the fit:
+    # report how many were offered and how many the baseline was actually fitted on.
+    used = getattr(method, "n_train", None) or (getattr(method, "history", None) or {}).get("n_train")
+    return {"arm": name, "train": str(train), "n_offered": len(list(_images(train))), "n_train": used,
             "sample_auroc": sample.get("auroc"), "sample_auroc_ci95": sample.get("auroc_ci95"),
             "voxel_ap": voxel.get("ap"), "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -94,9 +97,9 @@ def table(real: dict[str, Any], synth: dict[str, Any]) -> str:
     def ratio(key):
         return f(synth[key] / real[key]) if real.get(key) and synth.get(key) is not None else "—"
 
-    lines = ["| trained on | n | sample AUROC | voxel AP |", "|---|---|---|---|"]
+    lines = ["| trained on | n used / offered | sample AUROC | voxel AP |", "|---|---|---|---|"]
     for r in (real, synth):
-        lines.append(f"| {r['arm']} | {r['n_train']} | {f(r['sample_auroc'])} | {f(r['voxel_ap'])} |")
+        lines.append(f"| {r['arm']} | {r['n_train']} / {r['n_offered']} | {f(r['sample_auroc'])} | {f(r['voxel_ap'])} |")
     lines.append(f"| synthetic / real | | {ratio('sample_auroc')} | {ratio('voxel_ap')} |")
     return "\n".join(lines)
 

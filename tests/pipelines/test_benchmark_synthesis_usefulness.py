@@ -60,6 +60,7 @@ def test_train_on_synthetic_test_on_real(mni_small, tmp_path):
     res = bench.main(["--generator", str(gen), "--data", str(cohort), "--out", str(tmp_path / "useful"),
                       "--n-boot", "20"], log=lambda m: None)
     assert res["real"]["n_train"] == 3 and res["synthetic"]["n_train"] == 3
+    assert res["real"]["n_offered"] == 3 and res["synthetic"]["n_offered"] == 3
     for arm in ("real", "synthetic"):
         assert res[arm]["sample_auroc"] is not None and res[arm]["voxel_ap"] is not None
         run = json.loads((tmp_path / "useful" / ("real" if arm == "real" else "synthetic_trained") / "run.json").read_text())
