@@ -75,6 +75,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="keep medidiff runs already in --out whose calibration was made with the same score "
                         "settings (an interrupted benchmark continues; finished scans are not re-scored)")
+    p.add_argument("--no-val-search", action="store_true",
+                   help="score test with the --set settings as given (e.g. the ones a previous benchmark chose on "
+                        "val for another model) instead of searching t*, K, variants and score types on val")
+    p.add_argument("--reference-model", default=None,
+                   help="a second medidiff model scored on the same test scans with the same settings and "
+                        "post-processing (e.g. the bundled model a new one should replace); paired CIs include it")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: t* in {0.1, 0.25}, K=1, two score types, <=3 scans per split and label, "
                         "AE 20 steps, 200 bootstrap resamples")
@@ -86,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             if opt not in given:
                 setattr(a, attr, value)
         a.limit = a.limit or 3
+    if a.limit is not None and a.limit < 2:
+        p.error("--limit must be at least 2: calibration needs two healthy calib scans")
     defaults = (0.5, 20, 200) if a.quick else (10.0, 3000, 1000)
     for attr, value in zip(("ae_minutes", "ae_steps", "n_boot"), defaults):
         if getattr(a, attr) is None:
@@ -216,24 +224,19 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__}
 
 
-def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    a = parse_args(argv)
-    command = "python pipelines/benchmark.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    from medidiff.baselines import load_preprocess_config, make_baseline, run_baseline
-    from medidiff.evaluate import EvalOptions, evaluate_run
-    from medidiff.runtime import set_threads
+def given_settings(overrides: list[str]):
+    """--no-val-search: the settings exactly as given, reported as such."""
+    from medidiff.score.config import load_score_config
 
-    set_threads()
-    t_all = time.perf_counter()
-    model, data, out = Path(a.model), Path(a.data), Path(a.out)
-    if not (model / "model.json").is_file():
-        raise SystemExit(f"{model}: not a trained medidiff model folder (train it first)")
-    labels = data / "labels.csv"
-    out.mkdir(parents=True, exist_ok=True)
-    splits = stage_splits(data, out, a.limit)
-    log(f"splits staged under {out / 'data'}")
+    sc = load_score_config(None, tuple(overrides))
+    chosen = {"t": sc.t_fractions[0] if len(sc.t_fractions) == 1 else list(sc.t_fractions), "k": sc.steps,
+              "variant": "given", "score": sc.score, "min_component_mm3": sc.min_component_mm3}
+    return chosen, list(overrides), [], [], []
 
-    # ---- 1-2: settings on val only
+
+def search_on_val(a: argparse.Namespace, model: Path, splits: dict[str, Path], out: Path, labels: Path,
+                  log: Callable[[str], None]):
+    """Steps 1-2: t* x K grid, greedy variants, then the scan-score type, all on val only."""
     val_rows = []
     base = list(a.overrides)
     for t in _floats(a.t_grid):
@@ -291,11 +294,44 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         final_ov += bs["overrides"]
     log(f"chosen on val: t*={chosen['t']:g}, K={chosen['k']}, score={chosen.get('score', 'as --set')}")
 
+    return chosen, final_ov, val_rows, score_rows, types
+
+
+def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    a = parse_args(argv)
+    command = "python pipelines/benchmark.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    from medidiff.baselines import load_preprocess_config, make_baseline, run_baseline
+    from medidiff.evaluate import EvalOptions, evaluate_run
+    from medidiff.runtime import set_threads
+
+    set_threads()
+    t_all = time.perf_counter()
+    model, data, out = Path(a.model), Path(a.data), Path(a.out)
+    for m in [model] + ([Path(a.reference_model)] if a.reference_model else []):
+        if not (m / "model.json").is_file():
+            raise SystemExit(f"{m}: not a trained medidiff model folder (train it first)")
+    labels = data / "labels.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    splits = stage_splits(data, out, a.limit)
+    log(f"splits staged under {out / 'data'}")
+
+    if a.no_val_search:
+        chosen, final_ov, val_rows, score_rows, types = given_settings(a.overrides)
+        log(f"settings given, not searched on val: {' '.join(final_ov)}")
+    else:
+        chosen, final_ov, val_rows, score_rows, types = search_on_val(a, model, splits, out, labels, log)
+    base = list(a.overrides)
+
     # ---- 3: test, once
     methods: dict[str, dict[str, Any]] = {}
     r = run_setting(model, "test_medidiff", final_ov, splits["calib"], splits["test"], out, labels, a.n_boot,
                     a.device, log, reconstruction=True, plots=not a.no_plots, reuse=a.reuse)
     methods["medidiff"] = {"report": r["report"], "run": r["run"], "settings": final_ov}
+    if a.reference_model:  # the model this one should replace: same scans, settings and post-processing
+        ref = Path(a.reference_model)
+        r = run_setting(ref, "test_reference", final_ov, splits["calib"], splits["test"], out, labels, a.n_boot,
+                        a.device, log, reuse=a.reuse)
+        methods[f"reference ({ref.name})"] = {"report": r["report"], "run": r["run"], "settings": final_ov}
 
     if a.calibrate_model:
         from medidiff.score.calibration import calibrate_model
@@ -464,9 +500,13 @@ def render(result: dict[str, Any], methods: dict[str, Any]) -> str:
     L += ["", "## Verdict", ""] + verdict(result)
     if result.get("paired"):
         L += ["", "Paired comparisons on the same test scans (stratified paired bootstrap; the wording follows the CI, not the point estimate):", ""] + paired_verdict(result)
-    L += ["", "## Settings chosen on val (by voxel AP; score type by sample AUROC)", "",
-          "| t* (fraction of T) | K (DDIM steps) | variant | val voxel AP | val voxel AUROC | val best Dice | "
-          "val sample AUROC | s/scan |", "|---|---|---|---|---|---|---|---|"]
+    heading = ("## Settings given (`--no-val-search`: not searched on val for this model)"
+               if result["chosen"].get("variant") == "given" else
+               "## Settings chosen on val (by voxel AP; score type by sample AUROC)")
+    L += ["", heading]
+    if result["val_grid"]:
+        L += ["", "| t* (fraction of T) | K (DDIM steps) | variant | val voxel AP | val voxel AUROC | val best Dice | "
+              "val sample AUROC | s/scan |", "|---|---|---|---|---|---|---|---|"]
     ch = result["chosen"]
     for r in result["val_grid"]:
         mark = " ✔" if (r["t"], r["k"], r.get("variant", "")) == (ch["t"], ch["k"], ch.get("variant", "")) else ""

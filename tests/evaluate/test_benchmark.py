@@ -99,3 +99,38 @@ def test_benchmark_quick_end_to_end(tiny_model_dir, mni_small, tmp_path):
     assert sum("calibration reused" in m for m in logs) == len(res["val_grid"]) + len(res["val_score_types"]) + 1 - sum(
         1 for r in res["val_score_types"] if not r["overrides"])
     assert again["methods"]["medidiff"]["row"] == res["methods"]["medidiff"]["row"]
+
+
+def test_benchmark_given_settings_against_a_reference_model(tiny_model_dir, mni_small, tmp_path):
+    """--no-val-search scores test with the settings as given (no val run at all) and
+    --reference-model scores the same test scans with the same settings, paired against medidiff."""
+    bench = _load_benchmark()
+    data, affine = mni_small
+    cohort = _cohort(tmp_path / "data", data, affine)
+    out, md = tmp_path / "bench", tmp_path / "BENCH.md"
+    given = ["score.batch_size=4", "score.t_fractions=[0.25]", "score.steps=1", "score.score=percentile"]
+    res = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(out), "--bench-md", str(md),
+                      "--quick", "--no-val-search", "--reference-model", str(tiny_model_dir), "--baselines", "",
+                      "--n-boot", "50", "--no-plots"] + [x for o in given for x in ("--set", o)], log=lambda m: None)
+    assert res["val_grid"] == [] and res["val_score_types"] == []
+    assert not any(p.name.startswith("val_") for p in (out / "runs").iterdir())
+    assert res["chosen"] == {"t": 0.25, "k": 1, "variant": "given", "score": "percentile", "min_component_mm3": 0.0}
+    ref_name = f"reference ({Path(tiny_model_dir).name})"
+    assert set(res["methods"]) == {"medidiff", ref_name}
+    for tag in ("test_medidiff", "test_reference"):
+        cfg = json.loads((out / "runs" / tag / "run.json").read_text())["score_config"]
+        assert cfg["t_fractions"] == [0.25] and cfg["score"] == "percentile", tag
+    # the same weights, settings and seeds: the reference reproduces medidiff scan for scan
+    assert res["methods"][ref_name]["row"]["sample_auroc"] == res["methods"]["medidiff"]["row"]["sample_auroc"]
+    diff = res["paired"][ref_name]["sample_auroc"]
+    assert diff["ci_low"] <= 0 <= diff["ci_high"]
+    text = md.read_text()
+    assert "Settings given" in text and f"| {ref_name} |" in text
+
+
+def test_benchmark_refuses_a_limit_too_small_to_calibrate(tiny_model_dir, tmp_path):
+    import pytest
+
+    bench = _load_benchmark()
+    with pytest.raises(SystemExit):
+        bench.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "b"), "--limit", "1"])
