@@ -133,10 +133,13 @@ def test_seeds_reproducible_and_index_alone(batch_run, tiny_model_dir, tmp_path)
     s = _run(tiny_model_dir, alone, n=2, indices=[1], quality=False)
     assert s.n_generated == 1 and not (alone / "images" / "synth_00000.nii.gz").exists()
     b1, _ = _load(alone / "images" / "synth_00001.nii.gz")
-    np.testing.assert_allclose(b1, a1, atol=1e-5)
+    # same noise, same volume; a batch of 1 and a batch of 2 take different fp32 kernel paths on
+    # some CPUs (seen: 4e-5 after 50 DDIM steps on AMD EPYC), far below a different seed's change
+    assert np.abs(a1 - a0).max() > 0.1
+    np.testing.assert_allclose(b1, a1, atol=2e-4)
     by_seed = tmp_path / "seed"
     _run(tiny_model_dir, by_seed, seeds=[1], quality=False)  # same seed, other index: same volume
-    np.testing.assert_allclose(_load(by_seed / "images" / "synth_00000.nii.gz")[0], a1, atol=1e-5)
+    np.testing.assert_allclose(_load(by_seed / "images" / "synth_00000.nii.gz")[0], a1, atol=2e-4)
 
 
 def test_dicom_readable_synthetic_and_consistent(batch_run):
@@ -189,7 +192,7 @@ def test_rerun_regenerates_only_missing(batch_run, tiny_model_dir):
     gone.unlink()
     s = _run(tiny_model_dir, out, n=2, dicom=True, quality=False)
     assert (s.n_generated, s.n_existing) == (1, 1)
-    np.testing.assert_allclose(_load(gone)[0], original, atol=1e-5)
+    np.testing.assert_allclose(_load(gone)[0], original, atol=2e-4)  # batch of 1 vs 2: fp32 kernel paths
     assert keep.stat().st_mtime_ns == before
     with pytest.raises(SynthConflict):
         _run(tiny_model_dir, out, n=2, sampler=SamplerConfig(steps=STEPS, temperature=0.5), quality=False)
