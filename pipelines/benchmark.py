@@ -138,9 +138,8 @@ def copy_model(model: Path, dest: Path) -> Path:
     from medidiff.train.checkpoint import META_FILE, MODEL_FILE
 
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (MODEL_FILE, META_FILE):
-        if not (dest / name).is_file() or (dest / name).stat().st_size != (model / name).stat().st_size:
-            shutil.copy2(model / name, dest / name)
+    for name in (MODEL_FILE, META_FILE):  # always: two models of one architecture have the same size
+        shutil.copy2(model / name, dest / name)
     for name in ("calibration.json", "calibration.safetensors"):
         (dest / name).unlink(missing_ok=True)
     return dest
@@ -155,7 +154,7 @@ def run_setting(model: Path, tag: str, overrides: list[str], calib: Path, target
 
     t0 = time.perf_counter()
     run_dir = out / "runs" / tag
-    cal = _reusable_calibration(out / "models" / tag, overrides) if reuse else None
+    cal = _reusable_calibration(out / "models" / tag, overrides, model) if reuse else None
     if cal is None:
         mdir = copy_model(model, out / "models" / tag)
         cal = calibrate_model(mdir, calib, overrides=tuple(overrides), device=device, progress=False, log=log)
@@ -172,16 +171,17 @@ def run_setting(model: Path, tag: str, overrides: list[str], calib: Path, target
             "calibration": {"voxel_threshold": cal.voxel_threshold, "scan_threshold": cal.scan_threshold}}
 
 
-def _reusable_calibration(mdir: Path, overrides: list[str]):
-    """The calibration stored in a previous run's model copy, if it was made with these score settings."""
+def _reusable_calibration(mdir: Path, overrides: list[str], model: Path):
+    """The calibration stored in a previous run's model copy, if it was made for these weights
+    (the same --out may have seen another --model) and with these score settings."""
     from medidiff.score.calibration import Calibration
     from medidiff.score.config import load_score_config
 
     if not (mdir / "model.json").is_file():
         return None
     try:
-        cal = Calibration.load(mdir)
-    except Exception:  # noqa: BLE001 - a damaged calibration is simply recomputed
+        cal = Calibration.load(mdir, model_hash=json.loads((model / "model.json").read_text())["model_hash"])
+    except Exception:  # noqa: BLE001 - a damaged calibration, or one for other weights, is recomputed
         return None
     from medidiff.score.config import ScoreConfig
 
@@ -293,7 +293,6 @@ def search_on_val(a: argparse.Namespace, model: Path, splits: dict[str, Path], o
         chosen["min_component_mm3"] = bs["min_component_mm3"]
         final_ov += bs["overrides"]
     log(f"chosen on val: t*={chosen['t']:g}, K={chosen['k']}, score={chosen.get('score', 'as --set')}")
-
     return chosen, final_ov, val_rows, score_rows, types
 
 

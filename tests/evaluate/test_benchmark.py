@@ -126,6 +126,13 @@ def test_benchmark_given_settings_against_a_reference_model(tiny_model_dir, mni_
     assert diff["ci_low"] <= 0 <= diff["ci_high"]
     text = md.read_text()
     assert "Settings given" in text and f"| {ref_name} |" in text
+    # --reuse keeps a calibration only for the weights it was made for (one --out, another --model)
+    assert bench._reusable_calibration(out / "models" / "test_medidiff", given, Path(tiny_model_dir)) is not None
+    other = tmp_path / "other_model"
+    other.mkdir()
+    meta = json.loads((Path(tiny_model_dir) / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**meta, "model_hash": "sha256:" + "0" * 64}))
+    assert bench._reusable_calibration(out / "models" / "test_medidiff", given, other) is None
 
 
 def test_benchmark_refuses_a_limit_too_small_to_calibrate(tiny_model_dir, tmp_path):
