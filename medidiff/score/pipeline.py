@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from ..preprocess import preprocess
 from ..volume import Volume
+from .cache import active_cache, cached, scan_key
 from .calibration import Calibration
 from .config import ScoreConfig
 from .maps import normalize_map, raw_map, scoring_mask
@@ -45,17 +46,35 @@ class Scorer:
 
     def first_pass(self, volume: Volume, seed: int | None = None) -> ModelGridMap:
         """Raw residual map of the plain partial-diffusion reconstruction."""
-        pre = preprocess(volume, self.pcfg)
+        pre, recs = self._reconstructions(volume, seed)
         region = scoring_mask(pre.foreground, self.cfg, self.spacing)
-        if self.cfg.t_combine == "zscore" and len(self.cfg.t_fractions) > 1:
+        n_evals = sum(r.n_evals for r in recs)
+        if len(recs) > 1:
             # one raw map per t* (leading axis), z-scored per t* by the post-processor
-            recs = [self.reconstructor.reconstruct(pre.image, seed=seed, fractions=(f,)) for f in self.cfg.t_fractions]
             raw = np.stack([raw_map(pre.image, r.mean, region, self.cfg, self.spacing) for r in recs])
             recon = np.mean([r.mean for r in recs], axis=0).astype(np.float32)
-            return ModelGridMap(pre=pre, raw=raw, region=region, n_evals=sum(r.n_evals for r in recs), recon=recon)
-        rec = self.reconstructor.reconstruct(pre.image, seed=seed)
-        raw = raw_map(pre.image, rec.mean, region, self.cfg, self.spacing)
-        return ModelGridMap(pre=pre, raw=raw, region=region, n_evals=rec.n_evals, recon=rec.mean)
+            return ModelGridMap(pre=pre, raw=raw, region=region, n_evals=n_evals, recon=recon)
+        raw = raw_map(pre.image, recs[0].mean, region, self.cfg, self.spacing)
+        return ModelGridMap(pre=pre, raw=raw, region=region, n_evals=n_evals, recon=recs[0].mean)
+
+    def _reconstructions(self, volume: Volume, seed: int | None):
+        """Front end + reconstruction(s); inside ``first_pass_cache()`` (settings searches) both
+        are reused for a scan already seen with the settings that produce them."""
+        cache = active_cache()
+        key = None if cache is None else scan_key(volume.array, volume.affine, {"preprocess": repr(self.pcfg)})
+        pre = cached(cache, key, lambda: preprocess(volume, self.pcfg))
+        c = self.cfg
+        # a z-scored t* ensemble keeps one reconstruction per t* level: the same as that t* alone
+        levels = [(f,) for f in c.t_fractions] if c.t_combine == "zscore" and len(c.t_fractions) > 1 \
+            else [tuple(c.t_fractions)]
+        seed = c.seed if seed is None else seed
+        recs = []
+        for fr in levels:
+            rkey = None if key is None else "|".join(map(str, (
+                key, self.loaded.model_hash, fr, c.steps, c.n_draws, seed, sorted(self.runtime_settings().items()))))
+            recs.append(cached(cache, rkey, lambda fr=fr: self.reconstructor.reconstruct(pre.image, seed=seed,
+                                                                                       fractions=fr)))
+        return pre, recs
 
     def refine(self, mg: ModelGridMap, first_map: np.ndarray, hole_threshold: float,
                seed: int | None = None) -> ModelGridMap:

@@ -57,7 +57,7 @@ def test_benchmark_quick_end_to_end(tiny_model_dir, mni_small, tmp_path):
     res = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(out), "--bench-md", str(md),
                       "--quick", "--set", "score.batch_size=4", "--baselines",
                       "intensity-hyper,normative", "--n-boot", "50",
-                      "--no-plots"],
+                      "--no-plots", "--variant", "smooth5:score.smoothing_size=5"],
                      log=lambda m: None)
     # the model folder is never modified (calibration happens in copies)
     assert sorted(p.name for p in Path(tiny_model_dir).iterdir()) == before
@@ -76,6 +76,10 @@ def test_benchmark_quick_end_to_end(tiny_model_dir, mni_small, tmp_path):
         assert brun["score_config"]["score"] == res["methods"][name]["score"]
     # test labels never used before evaluation: the medidiff test run was scored once, with the val choice
     run = json.loads((out / "runs" / "test_medidiff" / "run.json").read_text())
+    # a --variant is tried on val; it and the score types reuse their t* x K reconstructions
+    assert any(r.get("variant", "").endswith("smooth5") and "score.smoothing_size=5" in r["overrides"]
+               for r in res["val_grid"])
+    assert res["first_pass_cache"]["hits"] > res["first_pass_cache"]["misses"] > 0
     ensemble = [r for r in res["val_grid"] if r.get("variant", "").endswith("tens")]
     assert len(ensemble) == 1 and "score.t_combine=zscore" in ensemble[0]["overrides"]
     if "tens" in res["chosen"]["variant"]:
@@ -95,7 +99,7 @@ def test_benchmark_quick_end_to_end(tiny_model_dir, mni_small, tmp_path):
     logs = []
     again = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(out), "--bench-md", str(md),
                         "--quick", "--set", "score.batch_size=4", "--baselines", "intensity-hyper", "--n-boot", "50",
-                        "--no-plots", "--reuse"], log=logs.append)
+                        "--no-plots", "--reuse", "--variant", "smooth5:score.smoothing_size=5"], log=logs.append)
     assert sum("calibration reused" in m for m in logs) == len(res["val_grid"]) + len(res["val_score_types"]) + 1 - sum(
         1 for r in res["val_score_types"] if not r["overrides"])
     assert again["methods"]["medidiff"]["row"] == res["methods"]["medidiff"]["row"]
