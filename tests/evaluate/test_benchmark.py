@@ -137,6 +137,15 @@ def test_benchmark_given_settings_against_a_reference_model(tiny_model_dir, mni_
     meta = json.loads((Path(tiny_model_dir) / "model.json").read_text())
     (other / "model.json").write_text(json.dumps({**meta, "model_hash": "sha256:" + "0" * 64}))
     assert bench._reusable_calibration(out / "models" / "test_medidiff", given, other) is None
+    # --reference-set: the reference is scored with its own settings (e.g. the ones it ships with)
+    res = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(tmp_path / "b2"),
+                      "--bench-md", str(md), "--quick", "--no-val-search", "--reference-model", str(tiny_model_dir),
+                      "--reference-set", "score.score=topk_mean", "--baselines", "", "--n-boot", "50", "--no-plots"]
+                     + [x for o in given for x in ("--set", o)], log=lambda m: None)
+    ref_cfg = json.loads((tmp_path / "b2" / "runs" / "test_reference" / "run.json").read_text())["score_config"]
+    assert ref_cfg["score"] == "topk_mean" and ref_cfg["t_fractions"] == [0.25]
+    assert res["reference_overrides"] == given + ["score.score=topk_mean"]
+    assert "scored with its own settings" in md.read_text()
 
 
 def test_benchmark_refuses_a_limit_too_small_to_calibrate(tiny_model_dir, tmp_path):
