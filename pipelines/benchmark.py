@@ -359,7 +359,7 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         methods[f"reference ({ref.name})"] = {"report": r["report"], "run": r["run"], "settings": ref_ov}
     cache_counts = None if cache is None else {"hits": cache.hits, "misses": cache.misses}
     if cache is not None:
-        log(f"first-pass cache: {cache.hits} reconstructions reused, {cache.misses} computed")
+        log(f"first-pass cache: {cache.hits} front ends or reconstructions reused, {cache.misses} computed")
     cache_scope.close()  # frees the cached scans before the baselines
 
     if a.calibrate_model:
