@@ -242,14 +242,15 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__}
 
 
-def given_settings(overrides: list[str]):
-    """--no-val-search: the settings exactly as given, reported as such."""
+def given_settings(overrides: list[str], score_types: str):
+    """--no-val-search: medidiff's settings exactly as given, reported as such; the baselines still choose
+    their score type on val (they were not part of the search the given settings came from)."""
     from medidiff.score.config import load_score_config
 
     sc = load_score_config(None, tuple(overrides))
     chosen = {"t": sc.t_fractions[0] if len(sc.t_fractions) == 1 else list(sc.t_fractions), "k": sc.steps,
               "variant": "given", "score": sc.score, "min_component_mm3": sc.min_component_mm3}
-    return chosen, list(overrides), [], [], []
+    return chosen, list(overrides), [], [], [s for s in score_types.split(",") if s]
 
 
 def search_on_val(a: argparse.Namespace, model: Path, splits: dict[str, Path], out: Path, labels: Path,
@@ -340,7 +341,7 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     cache_scope = ExitStack()
     cache = None if a.no_first_pass_cache else cache_scope.enter_context(first_pass_cache())
     if a.no_val_search:
-        chosen, final_ov, val_rows, score_rows, types = given_settings(a.overrides)
+        chosen, final_ov, val_rows, score_rows, types = given_settings(a.overrides, a.score_types)
         log(f"settings given, not searched on val: {' '.join(final_ov)}")
     else:
         chosen, final_ov, val_rows, score_rows, types = search_on_val(a, model, splits, out, labels, log)

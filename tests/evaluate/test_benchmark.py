@@ -140,12 +140,17 @@ def test_benchmark_given_settings_against_a_reference_model(tiny_model_dir, mni_
     # --reference-set: the reference is scored with its own settings (e.g. the ones it ships with)
     res = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(tmp_path / "b2"),
                       "--bench-md", str(md), "--quick", "--no-val-search", "--reference-model", str(tiny_model_dir),
-                      "--reference-set", "score.score=topk_mean", "--baselines", "", "--n-boot", "50", "--no-plots"]
-                     + [x for o in given for x in ("--set", o)], log=lambda m: None)
+                      "--reference-set", "score.score=topk_mean", "--baselines", "intensity-hyper", "--n-boot", "50",
+                      "--no-plots"] + [x for o in given for x in ("--set", o)], log=lambda m: None)
     ref_cfg = json.loads((tmp_path / "b2" / "runs" / "test_reference" / "run.json").read_text())["score_config"]
     assert ref_cfg["score"] == "topk_mean" and ref_cfg["t_fractions"] == [0.25]
     assert res["reference_overrides"] == given + ["score.score=topk_mean"]
     assert "scored with its own settings" in md.read_text()
+    # the given settings were medidiff's; a baseline still chooses its own score type on val
+    choice = res["baseline_choices"]["intensity-hyper"]
+    assert [r["score"] for r in choice["val"]] == ["topk_mean", "percentile"]
+    assert choice["score"] in ("topk_mean", "percentile") and res["methods"]["intensity-hyper"]["score"] == choice["score"]
+    assert (tmp_path / "b2" / "baselines" / "intensity-hyper" / f"val_{choice['score']}").is_dir()
 
 
 def test_benchmark_refuses_a_limit_too_small_to_calibrate(tiny_model_dir, tmp_path):
