@@ -6,6 +6,7 @@ network evaluations per scan and peak memory.
 
     python pipelines/benchmark_scoring.py --model models/sample --input sample_data/test --n 5
     python pipelines/benchmark_scoring.py --grid128   # memory check of a 128³ grid (random weights)
+    python pipelines/benchmark_scoring.py --model models/brain_t1_2mm --variant "1 draw:score.n_draws=1"
 """
 
 from __future__ import annotations
@@ -86,18 +87,30 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
-def main() -> None:
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """'1 draw:score.n_draws=1;score.t_fractions=[0.2]' -> ('1 draw', [overrides])."""
+    name, sep, settings = text.partition(":")
+    overrides = [x.strip() for x in settings.split(";") if x.strip()]
+    if not sep or not name.strip() or not overrides or not all("=" in o for o in overrides):
+        raise SystemExit(f"--variant {text!r}: expected NAME:KEY=VAL[;KEY=VAL], e.g. '1 draw:score.n_draws=1'")
+    return name.strip(), overrides
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "sample"))
     ap.add_argument("--input", default=str(ROOT / "sample_data" / "test"))
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--grid128", action="store_true", help="also measure a 128³ grid")
     ap.add_argument("--sweep", action="store_true", help="also time K (steps) and draws variants")
-    a = ap.parse_args()
+    ap.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME:KEY=VAL[;KEY=VAL]",
+                    help="also time the model's calibrated settings with these overrides (repeatable)")
+    a = ap.parse_args(argv)
     configs = [("default", [])]
     if a.sweep:
         configs += [("K=5", ["score.steps=5"]), ("K=10", ["score.steps=10"]),
                     ("2 t* levels", ["score.t_fractions=[0.1,0.2]"]), ("8 draws", ["score.n_draws=8"])]
+    configs += [parse_variant(v) for v in a.variants]
     rows = []
     for name, ov in configs:
         r = run(a.model, a.input, a.n, ov)

@@ -28,7 +28,8 @@ class Scorer:
         self.loaded = loaded
         self.cfg = cfg
         self.calibration = calibration
-        self.reconstructor = Reconstructor(loaded, cfg)
+        self.reconstructor = Reconstructor(
+            loaded, cfg, calibrated_precision=calibration.runtime.get("precision") if calibration else None)
         self.pcfg = loaded.preprocess_config
         self.spacing = np.asarray(self.pcfg.spacing, dtype=np.float64)
         self.post = PostProcessor(cfg, self.spacing, calibration)

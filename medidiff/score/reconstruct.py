@@ -44,8 +44,20 @@ def draw_generator(seed: int, pass_id: int, item: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] % (2**63)))
 
 
+def follow_calibration(precision: str, calibrated: str | None, device) -> str:
+    """Resolve ``precision``; 'auto' takes the calibration's precision when this device can run it.
+    Thresholds are only valid for the precision they were measured in: a model calibrated in fp32
+    (a CPU without bf16) scored in bf16 elsewhere would get maps its thresholds were not made for."""
+    if precision == "auto" and calibrated:
+        try:
+            return resolve_precision(calibrated, device)
+        except RuntimeError:  # e.g. calibrated in bf16, this CPU has none: the mismatch warning says so
+            pass
+    return resolve_precision(precision, device)
+
+
 class Reconstructor:
-    def __init__(self, loaded, cfg: ScoreConfig):
+    def __init__(self, loaded, cfg: ScoreConfig, calibrated_precision: str | None = None):
         self.net = loaded.network
         self.device = loaded.device
         self.scheduler = loaded.scheduler_factory("ddim")
@@ -55,7 +67,7 @@ class Reconstructor:
         self.noise_kind = cfg.noise or dcfg.noise
         # the training noise parameters apply only when scoring with the training noise type
         self.noise_params = dict(dcfg.noise_params or {}) if self.noise_kind == dcfg.noise else {}
-        self.precision = resolve_precision(cfg.precision, self.device)
+        self.precision = follow_calibration(cfg.precision, calibrated_precision, self.device)
         self.cfg = cfg
         self._acp = self.scheduler.alphas_cumprod.detach().to(torch.float64).cpu()
 

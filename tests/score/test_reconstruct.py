@@ -91,6 +91,30 @@ def test_precision_is_hashed_as_resolved(loaded):
     assert cfg.hash(dict(auto, device="cuda")) != cfg.hash(dict(auto, device="cpu"))
 
 
+def test_auto_precision_follows_the_calibration(loaded):
+    """A model calibrated in fp32 (a CPU without bf16) is scored in fp32 on a bf16 CPU too, so its
+    thresholds stay valid; an explicit precision wins; a precision this device lacks is not forced."""
+    from medidiff.runtime import cpu_bf16_supported, resolve_precision
+    from medidiff.score.pipeline import Scorer
+
+    assert Reconstructor(loaded, ScoreConfig(), calibrated_precision="fp32").precision == "fp32"
+    assert Reconstructor(loaded, ScoreConfig(), calibrated_precision="fp16").precision == resolve_precision(
+        "auto", loaded.device)  # fp16 needs CUDA
+    expected_bf16 = "bf16" if cpu_bf16_supported() else "fp32"
+    assert Reconstructor(loaded, ScoreConfig(), calibrated_precision="bf16").precision == expected_bf16
+    if cpu_bf16_supported():
+        assert Reconstructor(loaded, ScoreConfig(precision="bf16"), calibrated_precision="fp32").precision == "bf16"
+
+    class FakeCalibration:  # only what Scorer reads at construction
+        runtime = {"precision": "fp32"}
+        refine_stats = refine_voxel_threshold = None
+        voxel_threshold = scan_threshold = None
+
+    scorer = Scorer(loaded, ScoreConfig(), FakeCalibration())
+    assert scorer.runtime_settings()["precision"] == "fp32"
+    assert scorer.settings_hash() == ScoreConfig().hash(dict(scorer.runtime_settings(), precision="fp32"))
+
+
 def test_low_t_reconstruction_stays_close(loaded):
     cfg = ScoreConfig(t_fractions=(0.01,), steps=1, n_draws=2, precision="fp32")
     img = _image()
