@@ -59,6 +59,10 @@ class SlidingWindowDenoiser(torch.nn.Module):
         self.sw_batch_size = int(sw_batch_size)
         self.register_buffer("coords", torch.from_numpy(coordinate_grid(self.grid))[None], persistent=False)
 
+    def with_overlap(self, overlap: float) -> "SlidingWindowDenoiser":
+        """The same network (shared weights) behind windows with another overlap."""
+        return SlidingWindowDenoiser(self.unet, self.grid, self.patch, overlap, self.sw_batch_size).eval()
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, **kwargs) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 

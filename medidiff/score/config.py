@@ -34,6 +34,8 @@ class ScoreConfig:
     noise: str | None = None  # None: the model's training noise type
     precision: str = "auto"
     seed: int = 0
+    # patch models only: sliding-window overlap when scoring; None = the model's own (model.patch_overlap)
+    window_overlap: float | None = None
     # Residual -> map; structural_weight > 0 adds w * (1 - local SSIM(x, x̂))
     structural_weight: float = 0.0
     ssim_sigma_mm: float = 6.0
@@ -68,6 +70,8 @@ class ScoreConfig:
             errs.append(f"steps must be >= 1, got {self.steps}")
         if self.n_draws < 1 or self.batch_size < 1:
             errs.append("n_draws and batch_size must be >= 1")
+        if self.window_overlap is not None and not 0 <= self.window_overlap < 1:
+            errs.append(f"window_overlap must be in [0, 1), got {self.window_overlap}")
         if self.smoothing not in SMOOTHING:
             errs.append(f"smoothing must be one of {SMOOTHING}")
         if self.normalization not in NORMALIZATION:
@@ -106,6 +110,8 @@ class ScoreConfig:
         d.pop("batch_size")
         if d["t_combine"] == "reconstruction":  # added later: the default keeps older calibrations valid
             d.pop("t_combine")
+        if d["window_overlap"] is None:  # likewise
+            d.pop("window_overlap")
         if runtime is not None:
             d["runtime"] = runtime
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -56,9 +56,20 @@ def follow_calibration(precision: str, calibrated: str | None, device) -> str:
     return resolve_precision(precision, device)
 
 
+def _with_window_overlap(net, overlap: float | None):
+    if overlap is None:
+        return net
+    from ..model.patches import SlidingWindowDenoiser
+
+    if not isinstance(net, SlidingWindowDenoiser):
+        raise ValueError("score.window_overlap applies to patch models only: this model scores its whole grid "
+                         "in one pass (remove the setting)")
+    return net.with_overlap(overlap)
+
+
 class Reconstructor:
     def __init__(self, loaded, cfg: ScoreConfig, calibrated_precision: str | None = None):
-        self.net = loaded.network
+        self.net = _with_window_overlap(loaded.network, cfg.window_overlap)
         self.device = loaded.device
         self.scheduler = loaded.scheduler_factory("ddim")
         self.T = int(loaded.scheduler_factory.num_train_timesteps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -83,3 +84,27 @@ def test_patch_model_trains_loads_as_sliding_window_and_scores(tmp_path):
     assert loaded.network.unet.conv_in.conv.in_channels == 4
     res = Scorer(loaded, load_score_config(None, [])).score_volume(blob_volume(0))
     assert res.anomaly_map.shape == blob_volume(0).shape and np.isfinite(res.anomaly_map).all()
+    # score.window_overlap: other windows over the same weights, a setting of its own (hashed)
+    scorer = Scorer(loaded, load_score_config(None, ["score.window_overlap=0.5"]))
+    assert scorer.reconstructor.net.overlap == 0.5 and loaded.network.overlap == cfg.model.patch_overlap
+    assert scorer.reconstructor.net.unet is loaded.network.unet
+    assert scorer.settings_hash() != Scorer(loaded, load_score_config(None, [])).settings_hash()
+    other = Scorer(loaded, load_score_config(None, ["score.window_overlap=0.5"])).score_volume(blob_volume(0))
+    assert np.isfinite(other.anomaly_map).all() and not np.array_equal(other.anomaly_map, res.anomaly_map)
+
+
+def test_window_overlap_is_refused_for_a_whole_grid_model(tiny_model_dir):
+    from medidiff.score.config import ScoreConfig, load_score_config
+    from medidiff.score.pipeline import Scorer
+    from medidiff.train.checkpoint import load_model
+
+    with pytest.raises(ValueError, match="patch models only"):
+        Scorer(load_model(tiny_model_dir), load_score_config(None, ["score.window_overlap=0"]))
+    with pytest.raises(ValueError, match="window_overlap"):
+        ScoreConfig(window_overlap=1.0)
+    # unset, the field leaves the settings hash of every calibration made before it existed as it was
+    root = Path(__file__).resolve().parents[2]
+    for model in ("sample", "brain_t1_2mm"):
+        cal = json.loads((root / "models" / model / "calibration.json").read_text())
+        assert ScoreConfig.from_dict(cal["score_config"]).hash(cal["runtime"]) == cal["score_config_hash"], model
+    assert ScoreConfig(window_overlap=0.0).hash() != ScoreConfig().hash()
