@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from medidiff.io.atomic import write_text_atomic  # noqa: E402
+from medidiff.io.naming import sanitize  # noqa: E402
 from medidiff.score.cache import first_pass_cache  # noqa: E402
 
 SCORE_TYPES = ("topk_mean", "percentile", "supra_volume", "largest_cluster")
@@ -82,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-val-search", action="store_true",
                    help="score test with the --set settings as given (e.g. the ones a previous benchmark chose on "
                         "val for another model) instead of searching t*, K, variants and score types on val")
+    p.add_argument("--val-only", action="store_true",
+                   help="stop after val: score the given or searched settings (and, with --no-val-search, each "
+                        "--variant on top of them) on val, write OUT/benchmark_val.json and print the table; "
+                        "test is not touched and BENCHMARKS.md is not written")
     p.add_argument("--reference-model", default=None,
                    help="a second medidiff model scored on the same test scans with the same settings and "
                         "post-processing (e.g. the bundled model a new one should replace); paired CIs include it")
@@ -91,7 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "settings it ships calibrated with); repeatable")
     p.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME:KEY=VAL[;KEY=VAL]",
                    help="an extra val variant tried greedily after the built-in ones, e.g. "
-                        "'smooth5:score.smoothing_size=5' (repeatable)")
+                        "'smooth5:score.smoothing_size=5' (repeatable); with --no-val-search each variant is "
+                        "scored on val on top of the given settings, next to them, and nothing is chosen from it")
     p.add_argument("--no-first-pass-cache", action="store_true",
                    help="re-run the front end and the reconstruction for every setting (by default settings that "
                         "differ only after the reconstruction reuse it within this run; this holds every "
@@ -253,6 +259,29 @@ def given_settings(overrides: list[str], score_types: str):
     return chosen, list(overrides), [], [], [s for s in score_types.split(",") if s]
 
 
+def _t(t) -> str:
+    """t* of a table row: one level, or a z-scored ensemble such as 0.2+0.3."""
+    return "+".join(f"{x:g}" for x in t) if isinstance(t, (list, tuple)) else f"{t:g}"
+
+
+def given_on_val(a: argparse.Namespace, model: Path, splits: dict[str, Path], out: Path, labels: Path,
+                 log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """--no-val-search with --variant: the given settings and each variant on top of them, side by side
+    on val (e.g. faster settings against the chosen ones); the given settings stay the ones used."""
+    from medidiff.score.config import load_score_config
+
+    rows = []
+    for v in ["given:"] + a.variants:
+        name, settings = v.split(":", 1)
+        ov = list(a.overrides) + [x.strip() for x in settings.split(";") if x.strip()]
+        r = run_setting(model, f"val_given_{sanitize(name)}", ov, splits["calib"], splits["val"], out, labels,
+                        a.n_boot, a.device, log, reuse=a.reuse)
+        sc = load_score_config(None, tuple(ov))
+        t = sc.t_fractions[0] if len(sc.t_fractions) == 1 else list(sc.t_fractions)
+        rows.append({"t": t, "k": sc.steps, "variant": name, **_row(r["report"]), "overrides": ov})
+    return rows
+
+
 def search_on_val(a: argparse.Namespace, model: Path, splits: dict[str, Path], out: Path, labels: Path,
                   log: Callable[[str], None]):
     """Steps 1-2: t* x K grid, greedy variants, then the scan-score type, all on val only."""
@@ -314,7 +343,7 @@ def search_on_val(a: argparse.Namespace, model: Path, splits: dict[str, Path], o
         chosen["score"] = bs["score"]
         chosen["min_component_mm3"] = bs["min_component_mm3"]
         final_ov += bs["overrides"]
-    log(f"chosen on val: t*={chosen['t']:g}, K={chosen['k']}, score={chosen.get('score', 'as --set')}")
+    log(f"chosen on val: t*={_t(chosen['t'])}, K={chosen['k']}, score={chosen.get('score', 'as --set')}")
     return chosen, final_ov, val_rows, score_rows, types
 
 
@@ -343,9 +372,21 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     if a.no_val_search:
         chosen, final_ov, val_rows, score_rows, types = given_settings(a.overrides, a.score_types)
         log(f"settings given, not searched on val: {' '.join(final_ov)}")
+        if a.variants or a.val_only:
+            val_rows = given_on_val(a, model, splits, out, labels, log)
     else:
         chosen, final_ov, val_rows, score_rows, types = search_on_val(a, model, splits, out, labels, log)
     base = list(a.overrides)
+    if a.val_only:
+        cache_scope.close()
+        result = {"command": command, "machine": machine(), "chosen": chosen, "final_overrides": final_ov,
+                  "val_grid": val_rows, "val_score_types": score_rows, "model": str(model), "data": str(data),
+                  "seconds": round(time.perf_counter() - t_all, 1)}
+        write_text_atomic(out / "benchmark_val.json", json.dumps(result, indent=2, default=str))
+        for line in val_table(result):
+            log(line)
+        log(f"written: {out / 'benchmark_val.json'} ({result['seconds']:.0f} s; test not touched)")
+        return result
 
     # ---- 3: test, once
     methods: dict[str, dict[str, Any]] = {}
@@ -494,6 +535,18 @@ def verdict(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def val_table(result: dict[str, Any]) -> list[str]:
+    L = ["| t* (fraction of T) | K (DDIM steps) | variant | val voxel AP | val voxel AUROC | val best Dice | "
+         "val sample AUROC | lesion detection (calibrated) | s/scan |", "|---|---|---|---|---|---|---|---|---|"]
+    ch = result["chosen"]
+    for r in result["val_grid"]:
+        mark = " ✔" if (r["t"], r["k"], r.get("variant", "")) == (ch["t"], ch["k"], ch.get("variant", "")) else ""
+        L.append(f"| {_t(r['t'])}{mark} | {r['k']} | {r.get('variant') or '-'} | {_f(r['voxel_ap'])} | "
+                 f"{_f(r['voxel_auroc'])} | {_f(r['best_dice'])} | {_f(r['sample_auroc'])} | "
+                 f"{_f(r.get('lesion_detection'), 2)} | {_f(r.get('seconds_per_scan'), 2)} |")
+    return L
+
+
 def render(result: dict[str, Any], methods: dict[str, Any]) -> str:
     mc = result["machine"]
     L = ["# Benchmarks", "",
@@ -540,14 +593,7 @@ def render(result: dict[str, Any], methods: dict[str, Any]) -> str:
                "## Settings chosen on val (by voxel AP; score type by sample AUROC)")
     L += ["", heading]
     if result["val_grid"]:
-        L += ["", "| t* (fraction of T) | K (DDIM steps) | variant | val voxel AP | val voxel AUROC | val best Dice | "
-              "val sample AUROC | s/scan |", "|---|---|---|---|---|---|---|---|"]
-    ch = result["chosen"]
-    for r in result["val_grid"]:
-        mark = " ✔" if (r["t"], r["k"], r.get("variant", "")) == (ch["t"], ch["k"], ch.get("variant", "")) else ""
-        L.append(f"| {r['t']:g}{mark} | {r['k']} | {r.get('variant') or '-'} | {_f(r['voxel_ap'])} | "
-                 f"{_f(r['voxel_auroc'])} | {_f(r['best_dice'])} | {_f(r['sample_auroc'])} | "
-                 f"{_f(r.get('seconds_per_scan'), 2)} |")
+        L += [""] + val_table(result)
     if result["val_grid"] and result.get("first_pass_cache"):
         L += ["", "s/scan of a variant row counts its post-processing only: it reuses the front end and "
                   "reconstruction of its t* x K row (first-pass cache)."]

@@ -151,6 +151,20 @@ def test_benchmark_given_settings_against_a_reference_model(tiny_model_dir, mni_
     assert [r["score"] for r in choice["val"]] == ["topk_mean", "percentile"]
     assert choice["score"] in ("topk_mean", "percentile") and res["methods"]["intensity-hyper"]["score"] == choice["score"]
     assert (tmp_path / "b2" / "baselines" / "intensity-hyper" / f"val_{choice['score']}").is_dir()
+    # --val-only with variants: the given settings and each variant side by side on val, test untouched
+    logs: list[str] = []
+    res = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(tmp_path / "b3"),
+                      "--bench-md", str(tmp_path / "never.md"), "--quick", "--no-val-search", "--val-only",
+                      "--variant", "one draw:score.n_draws=1", "--n-boot", "50", "--no-plots"]
+                     + [x for o in given for x in ("--set", o)], log=logs.append)
+    assert [r["variant"] for r in res["val_grid"]] == ["given", "one draw"]
+    assert res["val_grid"][1]["overrides"] == given + ["score.n_draws=1"]
+    assert res["chosen"]["variant"] == "given" and res["final_overrides"] == given
+    runs = sorted(p.name for p in (tmp_path / "b3" / "runs").iterdir())
+    assert runs[0] == "val_given_given" and runs[1].startswith("val_given_one_draw-") and len(runs) == 2
+    assert not (tmp_path / "never.md").exists()
+    assert json.loads((tmp_path / "b3" / "benchmark_val.json").read_text())["val_grid"][0]["variant"] == "given"
+    assert any(line.startswith("| 0.25 ✔ | 1 | given |") for line in logs)
 
 
 def test_benchmark_refuses_a_limit_too_small_to_calibrate(tiny_model_dir, tmp_path):
