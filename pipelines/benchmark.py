@@ -101,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-first-pass-cache", action="store_true",
                    help="re-run the front end and the reconstruction for every setting (by default settings that "
                         "differ only after the reconstruction reuse it within this run; this holds every "
-                        "calib/val scan's model-grid data in memory)")
+                        "calib/val scan's model-grid data in memory; the baselines reuse the front ends)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: t* in {0.1, 0.25}, K=1, two score types, <=3 scans per split and label, "
                         "AE 20 steps, 200 bootstrap resamples")
@@ -399,10 +399,6 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         r = run_setting(ref, "test_reference", ref_ov, splits["calib"], splits["test"], out, labels, a.n_boot,
                         a.device, log, reuse=a.reuse)
         methods[f"reference ({ref.name})"] = {"report": r["report"], "run": r["run"], "settings": ref_ov}
-    cache_counts = None if cache is None else {"hits": cache.hits, "misses": cache.misses}
-    if cache is not None:
-        log(f"first-pass cache: {cache.hits} front ends or reconstructions reused, {cache.misses} computed")
-    cache_scope.close()  # frees the cached scans before the baselines
 
     if a.calibrate_model:
         from medidiff.score.calibration import calibrate_model
@@ -433,6 +429,11 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"  {name} ({chosen_type or 'default score'}): voxel AP {_f(rep.get('voxel', {}).get('ap'))}, sample AUROC "
             f"{_f(rep.get('sample', {}).get('auroc'))} ({time.perf_counter() - t0:.0f} s)")
 
+    # the baselines reuse each scan's front end from medidiff's runs (the same preprocessing config)
+    cache_counts = None if cache is None else {"hits": cache.hits, "misses": cache.misses}
+    if cache is not None:
+        log(f"first-pass cache: {cache.hits} front ends or reconstructions reused, {cache.misses} computed")
+    cache_scope.close()
     paired = paired_comparisons(methods, a.n_boot)
     result = {"command": command, "machine": machine(), "quick": a.quick, "chosen": chosen, "final_overrides": final_ov,
               "paired": paired, "first_pass_cache": cache_counts,

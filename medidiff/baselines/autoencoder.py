@@ -23,7 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..io.atomic import atomic_path, write_text_atomic
-from ..preprocess import PreprocessConfig, preprocess
+from ..preprocess import PreprocessConfig
+from ..score.cache import preprocessed
 from ..score.config import ScoreConfig
 from ..score.maps import raw_map, scoring_mask
 from ..score.postprocess import ModelGridMap
@@ -144,7 +145,7 @@ class AutoencoderBaseline(BaselineMethod):
     def model_map(self, volume) -> ModelGridMap:
         if self.net is None:
             raise BaselineError("autoencoder not trained")
-        pre = preprocess(volume, self.pcfg)
+        pre, _ = preprocessed(volume, self.pcfg)
         cfg = self._score_cfg()
         spacing = np.asarray(self.pcfg.spacing)
         region = scoring_mask(pre.foreground, cfg, spacing)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..preprocess import PreprocessConfig, preprocess
+from ..preprocess import PreprocessConfig
+from ..score.cache import preprocessed
 from ..score.config import ScoreConfig
 from ..score.maps import scoring_mask
 from ..score.postprocess import ModelGridMap
@@ -54,7 +55,7 @@ class IntensityBaseline(BaselineMethod):
         return np.abs(z)
 
     def model_map(self, volume) -> ModelGridMap:
-        pre = preprocess(volume, self.pcfg)
+        pre, _ = preprocessed(volume, self.pcfg)
         region = scoring_mask(pre.foreground, ScoreConfig(erode_mm=self.erode_mm), np.asarray(self.pcfg.spacing))
         d = self.deviation(pre.image, pre.foreground)
         if self.median_size > 1:

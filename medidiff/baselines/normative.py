@@ -19,7 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..io.atomic import atomic_path, write_text_atomic
-from ..preprocess import PreprocessConfig, Preprocessed, preprocess
+from ..preprocess import PreprocessConfig, Preprocessed
+from ..score.cache import preprocessed
 from ..score.config import ScoreConfig
 from ..score.maps import scoring_mask
 from ..score.postprocess import ModelGridMap
@@ -59,7 +60,7 @@ class NormativeBaseline(BaselineMethod):
         ids = []
         for ref in discover(train).scans:
             try:
-                pre = preprocess(ref.load(), self.pcfg)
+                pre, _ = preprocessed(ref.load(), self.pcfg)
             except Exception as exc:
                 log(f"normative: skipping {ref.source}: {exc}")
                 continue
@@ -98,7 +99,7 @@ class NormativeBaseline(BaselineMethod):
         return np.where(region, z, 0.0).astype(np.float32), region
 
     def model_map(self, volume) -> ModelGridMap:
-        pre = preprocess(volume, self.pcfg)
+        pre, _ = preprocessed(volume, self.pcfg)
         z, region = self.zmap(pre)
         return ModelGridMap(pre=pre, raw=z, region=region)
 

@@ -10,7 +10,8 @@ The front end is keyed by the scan's voxels, affine and the front-end settings; 
 reconstruction additionally by the weights' hash and every setting that changes it (its t*
 levels, K, draws, seed, noise, precision, device). A t* ensemble z-scored per level reuses
 the single-t* reconstructions of the same levels. Post-processing settings are deliberately
-absent. Off by default, so normal scoring never keeps scans in memory.
+absent. The baselines share the front end (:func:`preprocessed`), so a benchmark registers each
+scan once for every method. Off by default, so normal scoring never keeps scans in memory.
 """
 
 from __future__ import annotations
@@ -72,3 +73,13 @@ def scan_key(array: np.ndarray, affine: np.ndarray, settings: dict[str, Any]) ->
     h.update(np.asarray(affine, dtype=np.float64).tobytes())
     h.update(repr(sorted(settings.items())).encode())
     return h.hexdigest()
+
+
+def preprocessed(volume, pcfg) -> tuple[Any, str | None]:
+    """The front end of ``volume`` with ``pcfg``, reused inside ``first_pass_cache()``, and the
+    cache key it is stored under (None outside one), which reconstructions extend."""
+    from ..preprocess import preprocess
+
+    cache = active_cache()
+    key = None if cache is None else scan_key(volume.array, volume.affine, {"preprocess": repr(pcfg)})
+    return cached(cache, key, lambda: preprocess(volume, pcfg)), key

@@ -10,9 +10,8 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from ..preprocess import preprocess
 from ..volume import Volume
-from .cache import active_cache, cached, scan_key
+from .cache import active_cache, cached, preprocessed
 from .calibration import Calibration
 from .config import ScoreConfig
 from .maps import normalize_map, raw_map, scoring_mask
@@ -62,8 +61,7 @@ class Scorer:
         """Front end + reconstruction(s); inside ``first_pass_cache()`` (settings searches) both
         are reused for a scan already seen with the settings that produce them."""
         cache = active_cache()
-        key = None if cache is None else scan_key(volume.array, volume.affine, {"preprocess": repr(self.pcfg)})
-        pre = cached(cache, key, lambda: preprocess(volume, self.pcfg))
+        pre, key = preprocessed(volume, self.pcfg)
         c = self.cfg
         # a z-scored t* ensemble keeps one reconstruction per t* level: the same as that t* alone
         levels = [(f,) for f in c.t_fractions] if c.t_combine == "zscore" and len(c.t_fractions) > 1 \

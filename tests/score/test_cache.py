@@ -76,3 +76,20 @@ def test_a_z_scored_t_ensemble_reuses_the_single_t_reconstructions(loaded):
     assert (cache.misses, cache.hits) == (3, 4)
     assert cached.raw.shape[0] == 2
     np.testing.assert_array_equal(cached.raw, uncached.raw)
+
+
+def test_baselines_share_the_front_end_and_match_an_uncached_run(loaded):
+    """A benchmark registers each scan once for medidiff and every baseline."""
+    from medidiff.baselines import make_baseline
+
+    vol = blob_volume(0)
+    hyper = make_baseline("intensity-hyper", preprocess=loaded.preprocess_config)
+    hypo = make_baseline("intensity-hypo", preprocess=loaded.preprocess_config)
+    uncached = hyper.model_map(vol)
+    with first_pass_cache() as cache:
+        _scorer(loaded).first_pass(vol)
+        cached = hyper.model_map(vol)
+        hypo.model_map(vol)
+    assert (cache.misses, cache.hits) == (2, 2)  # medidiff's front end and reconstruction; both baselines reuse
+    np.testing.assert_array_equal(cached.raw, uncached.raw)
+    np.testing.assert_array_equal(cached.pre.image, uncached.pre.image)
