@@ -70,6 +70,8 @@ class ScoreConfig:
             errs.append(f"steps must be >= 1, got {self.steps}")
         if self.n_draws < 1 or self.batch_size < 1:
             errs.append("n_draws and batch_size must be >= 1")
+        if self.window_overlap is not None:  # 0 and 0.0 are one setting (one hash)
+            self.window_overlap = float(self.window_overlap)
         if self.window_overlap is not None and not 0 <= self.window_overlap < 1:
             errs.append(f"window_overlap must be in [0, 1), got {self.window_overlap}")
         if self.smoothing not in SMOOTHING:
