@@ -254,9 +254,20 @@ def given_settings(overrides: list[str], score_types: str):
     from medidiff.score.config import load_score_config
 
     sc = load_score_config(None, tuple(overrides))
-    chosen = {"t": sc.t_fractions[0] if len(sc.t_fractions) == 1 else list(sc.t_fractions), "k": sc.steps,
+    chosen = {"t": _t_of(sc), "k": sc.steps,
               "variant": "given", "score": sc.score, "min_component_mm3": sc.min_component_mm3}
     return chosen, list(overrides), [], [], [s for s in score_types.split(",") if s]
+
+
+def _t_of(sc) -> float | list[float]:
+    """t* of a score config as the tables keep it: one level, or the list of an ensemble."""
+    return sc.t_fractions[0] if len(sc.t_fractions) == 1 else list(sc.t_fractions)
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """--variant 'NAME:KEY=VAL;KEY=VAL' -> (NAME, [KEY=VAL, ...])."""
+    name, settings = text.split(":", 1)
+    return name, [x.strip() for x in settings.split(";") if x.strip()]
 
 
 def _t(t) -> str:
@@ -271,14 +282,12 @@ def given_on_val(a: argparse.Namespace, model: Path, splits: dict[str, Path], ou
     from medidiff.score.config import load_score_config
 
     rows = []
-    for v in ["given:"] + a.variants:
-        name, settings = v.split(":", 1)
-        ov = list(a.overrides) + [x.strip() for x in settings.split(";") if x.strip()]
+    for name, extra in [("given", [])] + [parse_variant(v) for v in a.variants]:
+        ov = list(a.overrides) + extra
         r = run_setting(model, f"val_given_{sanitize(name)}", ov, splits["calib"], splits["val"], out, labels,
                         a.n_boot, a.device, log, reuse=a.reuse)
         sc = load_score_config(None, tuple(ov))
-        t = sc.t_fractions[0] if len(sc.t_fractions) == 1 else list(sc.t_fractions)
-        rows.append({"t": t, "k": sc.steps, "variant": name, **_row(r["report"]), "overrides": ov})
+        rows.append({"t": _t_of(sc), "k": sc.steps, "variant": name, **_row(r["report"]), "overrides": ov})
     return rows
 
 
@@ -298,9 +307,7 @@ def search_on_val(a: argparse.Namespace, model: Path, splits: dict[str, Path], o
     # variants of the best t* x K, each kept only if it beats the best so far on val voxel AP
     variants = [] if a.no_refine else [("refine", ["score.refine=true"])]
     variants.append(("ssim", ["score.structural_weight=0.5"]))
-    for v in a.variants:
-        name, settings = v.split(":", 1)
-        variants.append((name, [x.strip() for x in settings.split(";") if x.strip()]))
+    variants += [parse_variant(v) for v in a.variants]
     t_levels = sorted({r["t"] for r in val_rows})
     if len(t_levels) > 1:  # every t* of the grid at once, each z-scored against its own healthy spread
         variants.append(("tens", [f"score.t_fractions=[{','.join(f'{t:g}' for t in t_levels)}]",
