@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "pipelines"))
 
 
 def peak_rss_mib() -> float:
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ship", action=argparse.BooleanOptionalAction, default=True,
                     help="after training keep only EMA weights in model.safetensors (default on)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--cohort", type=Path, default=None,
+                    help="train on the real cohort's train role (configs/real_cohort_split.csv) found in this "
+                         "folder; its val role gives the validation loss")
+    ap.add_argument("--with-warps", action="store_true",
+                    help="with --cohort: add sample_data's template-warp train scans to the real ones")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -82,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     from medidiff.train.loop import run_training
 
     cfg = load_config(args.config, args.overrides)
+    val_split = "calib"
+    if args.cohort is not None:
+        args.data, val_split = real_manifest(args.cohort, args.out / "manifest.csv", args.with_warps, args.data), "val"
     if args.measure:
         print(json.dumps(measure(cfg, args.data, args.measure, args.device, args.threads), indent=2))
         return 0
@@ -100,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads((args.out / "train_state.json").read_text())["config"]["train"]["max_steps"]
         cfg = load_config(args.config, [*args.overrides, f"train.max_steps={old}"])
     res = run_training(cfg, args.data, args.out, resume=args.resume, max_minutes=args.minutes, device=args.device,
-                       train_split="train", val_split="calib", progress=args.progress,
+                       train_split="train", val_split=val_split, progress=args.progress,
                        threads=args.threads, init_from=args.init_from)
     report.update({"steps": res.steps, "train_loss": res.train_loss, "val_loss": res.val_loss,
                    "stopped": res.stopped, "seconds": round(res.seconds, 1),
@@ -110,6 +119,20 @@ def main(argv: list[str] | None = None) -> int:
         report["shipped_model_hash"] = ship(args.out)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def real_manifest(cohort: Path, out: Path, with_warps: bool, warps_csv: Path) -> Path:
+    """The real cohort's train/val roles as a manifest, optionally with sample_data's warps."""
+    import csv
+
+    from real_split import write_manifest
+
+    extra = []
+    if with_warps:
+        with open(warps_csv, newline="") as fh:
+            extra = [dict(scan_id=r["scan_id"], path=str((warps_csv.parent / r["path"]).resolve()), split="train",
+                          label=r["label"]) for r in csv.DictReader(fh) if r["split"] == "train"]
+    return write_manifest(out, cohort, None, {"train": "train", "val": "val"}, extra)
 
 
 def ship(run_dir: Path) -> str:
