@@ -1,5 +1,5 @@
 """The real-scan path end to end: a healthy volunteer's whole head, exactly as a Siemens scanner
-exported it (sample_data/real), scored with the bundled, calibrated model: brain extraction,
+exported it (sample_data/real/siemens_t1_2d_sag_hfs), scored with the bundled, calibrated model: brain extraction,
 bias correction and registration in, every map back on the scanner's own grid.
 
 The scan was used neither to train nor to calibrate the model."""
@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-REAL = ROOT / "sample_data" / "real"
+REAL = ROOT / "sample_data" / "real" / "siemens_t1_2d_sag_hfs"
 
 
 def test_real_whole_head_scan_goes_through_the_front_end_and_back_onto_its_own_grid(tmp_path):
