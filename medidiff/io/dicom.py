@@ -434,7 +434,7 @@ def load_stack(stack: DicomStack, scan_id: str | None = None) -> Volume:
         try:
             frames = ds.pixel_array
         except Exception as exc:
-            raise ScanError(path, f"pixel data cannot be decoded ({_first_line(exc)})", _codec_hint(ds)) from exc
+            raise _decode_error(ds, path, exc) from exc
         dtype_name = str(frames.dtype)
         for k, fi in enumerate(stack.enhanced_frame_order):
             _, _, _, slope, intercept = _frame_geometry(ds, fi)
@@ -445,7 +445,7 @@ def load_stack(stack: DicomStack, scan_id: str | None = None) -> Volume:
             try:
                 px = ds.pixel_array
             except Exception as exc:
-                raise ScanError(path, f"pixel data cannot be decoded ({_first_line(exc)})", _codec_hint(ds)) from exc
+                raise _decode_error(ds, path, exc) from exc
             if px.shape != (stack.shape[1], stack.shape[0]):
                 raise ScanError(path, f"pixel array {px.shape} does not match Rows/Columns of the series")
             dtype_name = dtype_name or str(px.dtype)
@@ -478,14 +478,40 @@ def _dcmread_pixels(path: str):
                         "the file changed or was damaged since discovery; copy it again") from exc
 
 
-def _codec_hint(ds) -> str | None:
+# The default install decodes every compressed syntax with permissively licensed plugins (pydicom's
+# own RLE, pylibjpeg-openjpeg, python-gdcm, pyjpegls, Pillow) except 12-bit JPEG Extended, which
+# only the GPL-3.0 pylibjpeg-libjpeg reads: that one lives in an optional extra.
+GPL_JPEG_EXTRA = "jpeg-12bit"
+DEFAULT_DECODERS = "python-gdcm pylibjpeg-openjpeg"
+
+
+def _decode_error(ds, path: str, exc: BaseException) -> ScanError:
+    """One line naming the file, the transfer syntax and, when the decoder is missing, what to install."""
     try:
         ts = ds.file_meta.TransferSyntaxUID
     except AttributeError:
-        return None
-    if ts.is_compressed:
-        return f"transfer syntax {ts.name}: install pylibjpeg, pylibjpeg-libjpeg and pylibjpeg-openjpeg"
-    return None
+        ts = None
+    if ts is None or not ts.is_compressed:
+        return ScanError(path, f"pixel data cannot be decoded ({_first_line(exc)})")
+    syntax = f"transfer syntax {ts.name} ({ts})"
+    try:
+        from pydicom.pixels import get_decoder
+
+        plugins = set(get_decoder(ts).available_plugins)
+    except Exception:  # a syntax pydicom has no decoder for at all (video, deflate, private)
+        return ScanError(path, f"no DICOM decoder exists for {syntax}",
+                         "convert the series to an uncompressed syntax, e.g. with dcmdjpeg or gdcmconv --raw")
+    try:
+        bits = int(ds.get("BitsStored", 8) or 8)
+    except (TypeError, ValueError):
+        bits = 8
+    if ts == "1.2.840.10008.1.2.4.51" and bits > 8 and "pylibjpeg" not in plugins:
+        return ScanError(path, f"no decoder installed for {bits}-bit {syntax}",
+                         f"pip install 'medidiff[{GPL_JPEG_EXTRA}]', a GPL-3.0 decoder")
+    if not plugins:
+        return ScanError(path, f"no decoder installed for {syntax}",
+                         f"pip install {DEFAULT_DECODERS}, part of medidiff's default install")
+    return ScanError(path, f"pixel data cannot be decoded, {syntax} ({_first_line(exc)})")
 
 
 def _series_where(headers: list[SliceHeader]) -> str:
