@@ -132,5 +132,8 @@ def test_licence_files_and_model_cards():
         section = re.search(r"^## Licence\n(.+?)(?=^#|\Z)", text, re.MULTILINE | re.DOTALL)
         assert section and re.search(r"Apache-2\.0|CC BY", section.group(1)), f"{card}: no licence section"
         assert f"models/{card.parent.name}/" in notice, f"models/{card.parent.name}/ is not listed in NOTICE"
-    for bundled in ("medidiff/frontend/data/LICENSE-MNI152.txt", "sample_data/real/LICENSE-siemens_t1_2d_sag_hfs.txt"):
-        assert (ROOT / bundled).is_file() and bundled in notice
+    bundled = sorted(p.relative_to(ROOT).as_posix() for folder in ("medidiff", "sample_data", "models")
+                     for p in (ROOT / folder).rglob("LICENSE*"))
+    assert "medidiff/frontend/data/LICENSE-MNI152.txt" in bundled
+    for licence_file in bundled:  # every bundled third-party licence file is named in NOTICE
+        assert licence_file in notice, f"{licence_file} is not listed in NOTICE"
