@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -271,3 +271,142 @@ def psnr(image, recon, mask=None, data_range: float | None = None) -> float:
     if mse == 0:
         return float("inf")
     return float(10 * np.log10(data_range ** 2 / mse))
+
+
+# ----------------------------------------------------------------------------- subject-level bootstrap
+
+def group_bootstrap_diff(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np.ndarray], float], groups,
+                         n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+    """``stat_a(idx) - stat_b(idx)`` with a paired *cluster* bootstrap: the groups (subjects) are
+    resampled with replacement and every item (scan) of a drawn group enters the resample, as many
+    times as its group was drawn. Both statistics see the same indices, so a subject's difficulty
+    cancels out; copies of one subject never count as independent evidence. ``groups[i]`` is item
+    i's group. Resamples where either statistic is undefined (NaN) are dropped."""
+    keys = [str(g) for g in groups]
+    uniq = sorted(set(keys))
+    members = [np.flatnonzero(np.asarray(keys) == u) for u in uniq]
+    everything = np.arange(len(keys))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    for b in range(n_resamples):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        idx = np.concatenate([members[k] for k in pick]) if len(uniq) else everything
+        diffs[b] = stat_a(idx) - stat_b(idx)
+    diffs = diffs[np.isfinite(diffs)]
+    lo, hi = (np.quantile(diffs, [alpha / 2, 1 - alpha / 2]) if diffs.size else (np.nan, np.nan))
+    return {"diff": float(stat_a(everything) - stat_b(everything)), "ci_low": float(lo), "ci_high": float(hi),
+            "p_le_0": float(np.mean(diffs <= 0)) if diffs.size else float("nan"), "n": int(len(keys)),
+            "n_groups": int(len(uniq)), "n_resamples_used": int(diffs.size), "resampled": "groups (subjects)"}
+
+
+def paired_group_bootstrap_diff(metric: Callable[[np.ndarray, np.ndarray], float], y, s_a, s_b, groups,
+                                n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+    """metric(y, s_a) - metric(y, s_b) (e.g. sample AUROC) with subjects, not scans, resampled."""
+    y = np.asarray(y).astype(bool).ravel()
+    a, b = np.asarray(s_a, np.float64).ravel(), np.asarray(s_b, np.float64).ravel()
+    if not (y.size == a.size == b.size == len(groups)):
+        raise ValueError("labels, both score vectors and groups must have one entry per scan")
+    return group_bootstrap_diff(lambda i: metric(y[i], a[i]), lambda i: metric(y[i], b[i]), groups,
+                                n_resamples, seed, alpha)
+
+
+def group_bootstrap_ci(stat: Callable[[np.ndarray], float], groups, n_resamples: int = 2000, seed: int = 0,
+                       alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of one statistic with groups (subjects) resampled, as :func:`group_bootstrap_diff`."""
+    d = group_bootstrap_diff(stat, lambda i: 0.0, groups, n_resamples, seed, alpha)
+    return d["ci_low"], d["ci_high"]
+
+
+# ----------------------------------------------------------------------------- pooled AP from per-scan counts
+
+def quantile_edges(values: Sequence[np.ndarray], bins: int = 4000) -> np.ndarray:
+    """Score-bin edges shared by all scans of one method: quantiles of the pooled values."""
+    pooled = np.concatenate([np.asarray(v, np.float64).ravel() for v in values])
+    return np.unique(np.quantile(pooled, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def binned_counts(values: np.ndarray, truth: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lesion and non-lesion voxel counts of one scan per score bin (bin k = edges[k-1] <= v < edges[k]).
+    Pooling scans is then a sum of counts, so a bootstrap resample costs O(bins), not O(voxels)."""
+    idx = np.searchsorted(edges, np.asarray(values, np.float64).ravel(), side="right")
+    t = np.asarray(truth, bool).ravel()
+    return (np.bincount(idx[t], minlength=edges.size + 1).astype(np.int64),
+            np.bincount(idx[~t], minlength=edges.size + 1).astype(np.int64))
+
+
+def ap_from_counts(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Step-wise AP from per-bin counts (lowest bin first; each bin is one threshold, ties grouped).
+    Equals :func:`average_precision` when every bin holds one distinct score."""
+    pos, neg = np.asarray(pos, np.float64)[::-1], np.asarray(neg, np.float64)[::-1]
+    tp, fp = np.cumsum(pos), np.cumsum(neg)
+    if tp.size == 0 or tp[-1] == 0:
+        return float("nan")
+    precision = tp / np.maximum(tp + fp, 1.0)
+    return float(np.sum(pos / tp[-1] * precision))
+
+
+# ----------------------------------------------------------------------------- lesion-wise chance level
+
+def _component_coords(pred: np.ndarray, gt: np.ndarray) -> list[np.ndarray]:
+    """Voxel coordinates of each predicted component (26-connected) that touches no ground truth."""
+    pred_labels, n_pred = ndimage.label(pred, structure=STRUCTURE_26)
+    if not n_pred:
+        return []
+    touching = set(np.unique(pred_labels[gt & pred]).tolist()) - {0}
+    objs = ndimage.find_objects(pred_labels)
+    out = []
+    for k, sl in enumerate(objs, start=1):
+        if k in touching or sl is None:
+            continue
+        local = np.argwhere(pred_labels[sl] == k)
+        out.append(local + np.array([s.start for s in sl]))
+    return out
+
+
+def random_fp_hits(pred, gt, region, n_draws: int = 200, seed: int = 0,
+                   gt_labels: np.ndarray | None = None) -> dict[str, float]:
+    """Chance level of lesion-wise detection for one scan.
+
+    A *random map with the same false-positive components*: each predicted component that touches no
+    ground-truth lesion keeps its shape and size and is moved so that its central voxel lands on a
+    uniformly random voxel of ``region`` (the brain; parts leaving the volume are cut off). A lesion
+    counts as found by chance when any moved voxel overlaps it (the same rule as
+    :func:`lesion_detection`). Averaged over ``n_draws`` independent placements of all components.
+    Returns the expected number of lesions found, each lesion's chance of being found (in the order of
+    its 26-connected label), the lesion count and the number of components moved."""
+    pred = np.asarray(pred).astype(bool)
+    gt = np.asarray(gt).astype(bool)
+    region = np.asarray(region).astype(bool)
+    if not (pred.shape == gt.shape == region.shape):
+        raise ValueError(f"shapes differ: prediction {pred.shape}, ground truth {gt.shape}, region {region.shape}")
+    if gt_labels is None:
+        gt_labels, n_gt = ndimage.label(gt, structure=STRUCTURE_26)
+    else:
+        n_gt = int(gt_labels.max())
+    comps = _component_coords(pred, gt)
+    out = {"n_lesions": int(n_gt), "n_fp_components": len(comps), "n_draws": int(n_draws),
+           "expected_detected": 0.0, "per_lesion": [0.0] * int(n_gt)}
+    anchors = np.argwhere(region)
+    if not n_gt or not comps or not anchors.size or n_draws <= 0:
+        return out
+    rng = np.random.default_rng(seed)
+    shape = np.array(gt.shape)
+    flat = gt_labels.ravel()
+    hit = np.zeros((n_draws, n_gt + 1), bool)
+    for c in comps:
+        centre = c[np.argmin(((c - c.mean(0)) ** 2).sum(1))]  # a voxel of the component, nearest its centroid
+        rel = (c - centre).astype(np.int64)
+        picks = anchors[rng.integers(0, len(anchors), n_draws)]
+        step = max(1, int(2_000_000 // max(len(rel), 1)))
+        for d0 in range(0, n_draws, step):
+            pk = picks[d0:d0 + step]
+            xyz = rel[None, :, :] + pk[:, None, :]  # (draws, voxels, 3)
+            inside = np.all((xyz >= 0) & (xyz < shape), axis=2)
+            draw_idx = np.broadcast_to(np.arange(d0, d0 + len(pk))[:, None], inside.shape)[inside]
+            lin = np.ravel_multi_index(tuple(xyz[inside].T), gt.shape)
+            labs = flat[lin]
+            sel = labs > 0
+            hit[draw_idx[sel], labs[sel]] = True
+    out["expected_detected"] = float(hit[:, 1:].sum(1).mean())
+    out["per_lesion"] = [float(x) for x in hit[:, 1:].mean(0)]  # P(found by chance), lesion label order
+    return out

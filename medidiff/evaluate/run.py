@@ -12,7 +12,8 @@ Definitions (also written into metrics.json under ``definitions``):
   95% CIs: stratified percentile bootstrap over scans (seeded).
 * Voxel level: pooled over the evaluation foreground of all scans (as MOOD pools
   them). Foreground = voxels where the *source scan* is nonzero, plus every
-  ground-truth voxel (``--foreground all`` uses every voxel). Healthy scans without
+  ground-truth voxel (``--foreground all`` uses every voxel; ``foreground="brain"`` uses each row's
+  ``brain_mask_path`` from the labels, the same region for every method). Healthy scans without
   a mask contribute negatives only; anomalous scans without a mask are left out of
   voxel metrics and listed. When the pooled voxel count exceeds ``max_voxels``,
   voxels of healthy-only scans are subsampled deterministically (every k-th in
@@ -23,6 +24,12 @@ Definitions (also written into metrics.json under ``definitions``):
 * Lesion-wise: ground-truth connected components (26-connectivity) are found
   when the predicted mask overlaps them; predicted components touching no lesion
   are false-positive components. Size strata use each component's own volume.
+  Lesion-wise precision: predicted components touching a lesion / all predicted
+  components, pooled over every evaluated scan (healthy scans included).
+  Chance level (calibrated masks): each scan's false-positive components, shape and
+  size kept, moved to uniformly random positions of its evaluation foreground
+  (the brain), ``chance_draws`` times; the lesions such a random map would "find"
+  by the same overlap rule, averaged over draws and summed over scans.
   Anomaly type per component: the scan's type when it has one; for scans with
   several, the type of the lesion (``lesions.json`` next to the labels) whose
   centre lies in the component, else whose centre is nearest.
@@ -62,7 +69,8 @@ class EvalOptions:
     n_boot: int = 1000
     seed: int = 0
     fprs: tuple[float, ...] = (0.01, 0.05)
-    foreground: str = "nonzero"  # nonzero | all
+    foreground: str = "nonzero"  # nonzero | all | brain (the labels' brain_mask_path)
+    chance_draws: int = 200  # random placements of the false-positive components per scan (0: none)
     max_voxels: int = 40_000_000
     size_bins: tuple[float, ...] = DEFAULT_SIZE_BINS
     splits: tuple[str, ...] | None = None
@@ -246,30 +254,24 @@ def _summ(values: Sequence[float]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main entry
 
-def evaluate_run(run_dir: str | Path, labels: str | Path, masks_dir: str | Path | None = None,
+def evaluate_run(run_dir: str | Path, labels: str | Path | Sequence[LabelRow], masks_dir: str | Path | None = None,
                  opts: EvalOptions | None = None, out_dir: str | Path | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Evaluate ``run_dir`` against ``labels``; writes ``run_dir/evaluation`` (or ``out_dir``)."""
-    from ..score.batch import read_results
-
+    """Evaluate ``run_dir`` against ``labels`` (a labels file, or rows already read from one, e.g. by a
+    benchmark's single test-data reader); writes ``run_dir/evaluation`` (or ``out_dir``). With
+    ``opts.splits`` only those splits' rows of a labels file are parsed."""
     opts = opts or EvalOptions()
     run_dir = Path(run_dir)
     if not (run_dir / "scans").is_dir():
         raise EvaluationError(f"{run_dir}: not a scored output folder (no scans/ folder)")
     out = Path(out_dir) if out_dir is not None else run_dir / EVAL_DIR
-    rows = read_labels(labels, masks_dir)
-    results = read_results(run_dir)
-    by_id = {r.get("scan_id"): r for r in results}
-    by_src = {}
-    for r in results:
-        if r.get("source_path"):
-            by_src[str(Path(r["source_path"]).resolve())] = r
-
-    def match(row: LabelRow):
-        r = by_id.get(row.scan_id)
-        if r is None and row.path is not None:
-            r = by_src.get(str(row.path.resolve()))
-        return r
+    if isinstance(labels, (str, Path)):
+        rows = read_labels(labels, masks_dir, splits=opts.splits)
+        labels_desc = str(labels)
+    else:
+        rows = list(labels)
+        labels_desc = f"{len(rows)} label rows given by the caller"
+    match = _matcher(run_dir)
 
     # Which splits: explicit, or those with at least one scan in this run.
     splits_note = None
@@ -287,17 +289,7 @@ def evaluate_run(run_dir: str | Path, labels: str | Path, masks_dir: str | Path 
     if not rows:
         raise EvaluationError(f"{labels}: no label rows to evaluate (splits {opts.splits})")
 
-    scans: list[_Scan] = []
-    missing, failed = [], []
-    for row in rows:
-        r = match(row)
-        if r is None:
-            missing.append(row.scan_id)
-        elif r.get("status") != "ok" or r.get("score") is None:
-            failed.append({"scan_id": row.scan_id, "error": r.get("error") or f"status {r.get('status')}"})
-        else:
-            # result.json lives in the scan folder named by the (sanitized) scan id
-            scans.append(_Scan(row, r, safe_join(run_dir / "scans", r["scan_id"])))
+    scans, missing, failed = _matched_scans(run_dir, rows, match)
     if missing:
         log(f"warning: {len(missing)} labelled scan(s) not in the run (not scored as anything): "
             f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}")
@@ -313,7 +305,7 @@ def evaluate_run(run_dir: str | Path, labels: str | Path, masks_dir: str | Path 
             run_info = {}
 
     report: dict[str, Any] = {
-        "run": str(run_dir), "labels": str(labels), "masks_dir": str(masks_dir) if masks_dir else None,
+        "run": str(run_dir), "labels": labels_desc, "masks_dir": str(masks_dir) if masks_dir else None,
         "evaluated": _now(), "method": run_info.get("method") or run_info.get("baseline") or "medidiff",
         "model_hash": run_info.get("model_hash"), "config_hash": run_info.get("config_hash"),
         "splits": splits_used, "splits_note": splits_note,
@@ -336,7 +328,8 @@ def evaluate_run(run_dir: str | Path, labels: str | Path, masks_dir: str | Path 
     secs = [float(sc.result.get("seconds") or 0.0) for sc in scans]
     report["seconds_per_scan"] = float(np.mean(secs)) if secs else None
     report["scans"] = [{"scan_id": sc.row.scan_id, "label": sc.row.label, "score": float(sc.result["score"]),
-                        "flag": sc.result.get("flag"), "types": sc.row.types} for sc in scans]
+                        "flag": sc.result.get("flag"), "types": sc.row.types,
+                        "subject": sc.row.subject or sc.row.scan_id} for sc in scans]
     curves: dict[str, Any] = {"sample": (y, s)}
 
     # ------------------------------------------------------------------ voxel level
@@ -350,6 +343,61 @@ def evaluate_run(run_dir: str | Path, labels: str | Path, masks_dir: str | Path 
     return report
 
 
+def _matcher(run_dir: Path) -> Callable[[LabelRow], dict[str, Any] | None]:
+    """A label row -> its result.json in the run (by scan id, else by source path)."""
+    from ..score.batch import read_results
+
+    results = read_results(run_dir)
+    by_id = {r.get("scan_id"): r for r in results}
+    by_src = {str(Path(r["source_path"]).resolve()): r for r in results if r.get("source_path")}
+
+    def match(row: LabelRow):
+        r = by_id.get(row.scan_id)
+        if r is None and row.path is not None:
+            r = by_src.get(str(row.path.resolve()))
+        return r
+    return match
+
+
+def _matched_scans(run_dir: Path, rows: Sequence[LabelRow], match) -> tuple[list[_Scan], list[str], list[dict]]:
+    scans: list[_Scan] = []
+    missing, failed = [], []
+    for row in rows:
+        r = match(row)
+        if r is None:
+            missing.append(row.scan_id)
+        elif r.get("status") != "ok" or r.get("score") is None:
+            failed.append({"scan_id": row.scan_id, "error": r.get("error") or f"status {r.get('status')}"})
+        else:
+            # result.json lives in the scan folder named by the (sanitized) scan id
+            scans.append(_Scan(row, r, safe_join(run_dir / "scans", r["scan_id"])))
+    return scans, missing, failed
+
+
+def voxel_counts_by_scan(run_dir: str | Path, rows: Sequence[LabelRow], opts: EvalOptions | None = None,
+                         bins: int = 4000) -> dict[str, Any]:
+    """Per scan of a run: lesion / non-lesion voxel counts in score bins shared by the run's scans
+    (quantiles of its pooled foreground values), on the same foreground as :func:`evaluate_run`. A
+    bootstrap over subjects then pools a resample by summing counts (:func:`metrics.ap_from_counts`).
+    Returns ``{"edges", "counts": {scan_id: (pos, neg)}, "ap_binned", "ap_exact"}``."""
+    opts = opts or EvalOptions()
+    run_dir = Path(run_dir)
+    scans, _, _ = _matched_scans(run_dir, rows, _matcher(run_dir))
+    with_gt, _ = _scans_with_ground_truth(scans)
+    values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for sc in with_gt:
+        amap, _, _, gt, fg = _map_gt_foreground(sc, opts)
+        values[sc.row.scan_id] = (amap[fg].astype(np.float32), gt[fg])
+    if not values or not any(t.any() for _, t in values.values()):
+        return {"edges": np.zeros(0), "counts": {}, "ap_binned": None, "ap_exact": None}
+    edges = M.quantile_edges([v for v, _ in values.values()], bins)
+    counts = {sid: M.binned_counts(v, t, edges) for sid, (v, t) in values.items()}
+    exact = M.average_precision(np.concatenate([t for _, t in values.values()]),
+                                np.concatenate([v for v, _ in values.values()]))
+    binned = M.ap_from_counts(sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values()))
+    return {"edges": edges, "counts": counts, "ap_binned": binned, "ap_exact": exact}
+
+
 @dataclass
 class _CalibratedMasks:
     """Pooled results of the run's own mask.nii.gz (the calibrated decision)."""
@@ -359,7 +407,8 @@ class _CalibratedMasks:
     fp: int = 0
     fn: int = 0
     lesions: list[dict] = field(default_factory=list)
-    fp_components: list[tuple[int, int]] = field(default_factory=list)  # (label, n_fp_components)
+    fp_components: list[tuple[int, int, int]] = field(default_factory=list)  # (label, n_fp, n_predicted)
+    chance: list[dict] = field(default_factory=list)  # per lesioned scan: random_fp_hits
 
     def dice(self) -> float:
         denom = 2 * self.tp + self.fp + self.fn
@@ -389,6 +438,14 @@ def _map_gt_foreground(sc: _Scan, opts: EvalOptions):
         gt = gt_raw > 0
     if opts.foreground == "all":
         return amap, aff, map_path, gt, np.ones(amap.shape, bool)
+    if opts.foreground == "brain":
+        bpath = sc.row.brain_mask_path
+        if bpath is None or not bpath.is_file():
+            raise EvaluationError(f"{sc.row.scan_id}: foreground 'brain' needs the labels' brain_mask_path "
+                                  f"({bpath or 'empty'})")
+        braw, baff = _load_nifti(bpath)
+        check_same_grid(braw.shape, baff, bpath, amap.shape, aff, map_path)
+        return amap, aff, map_path, gt, (braw > 0) | gt
     src = _load_source(sc.row, sc.result)
     if src is None:
         raise EvaluationError(f"{sc.row.scan_id}: source scan not found ({sc.row.path or sc.result.get('source_path')}); "
@@ -431,7 +488,8 @@ def _pool_voxels(pool: _VoxelPool, amap, gt, fg, gt_labels, size_code, type_code
 
 
 def _score_calibrated_mask(sc: _Scan, rec: dict[str, Any], acc: _CalibratedMasks, amap, aff, map_path, gt,
-                           gt_labels, vox_mm3, size_code, type_code, size_names, type_names) -> None:
+                           gt_labels, vox_mm3, size_code, type_code, size_names, type_names,
+                           fg=None, opts: EvalOptions | None = None, index: int = 0) -> None:
     mask_rel = sc.result.get("outputs", {}).get("mask")
     mpath = sc.scan_dir / mask_rel if mask_rel else None
     if mpath is None or not mpath.is_file():
@@ -449,9 +507,16 @@ def _score_calibrated_mask(sc: _Scan, rec: dict[str, Any], acc: _CalibratedMasks
         les.update(scan_id=sc.row.scan_id, size_bin=size_names[size_code[les["label"]]],
                    type=type_names[type_code[les["label"]]] if type_code[les["label"]] >= 0 else None)
     acc.lesions.extend(det.lesions)
-    acc.fp_components.append((sc.row.label, det.n_fp_components))
+    acc.fp_components.append((sc.row.label, det.n_fp_components, det.n_pred_components))
     rec["lesions_detected_calibrated"] = det.n_detected
     rec["fp_components_calibrated"] = det.n_fp_components
+    if det.lesions and fg is not None and opts is not None and opts.chance_draws > 0:
+        ch = M.random_fp_hits(pm, gt, fg, n_draws=opts.chance_draws, seed=opts.seed + 7919 * index,
+                              gt_labels=gt_labels)
+        for les, p in zip(det.lesions, ch["per_lesion"]):
+            les["chance"] = p
+        acc.chance.append({"scan_id": sc.row.scan_id, **{k: v for k, v in ch.items() if k != "per_lesion"}})
+        rec["lesions_expected_by_chance_calibrated"] = ch["expected_detected"]
 
 
 def _strata(labels, scores, wts, codes, names) -> dict[str, Any]:
@@ -476,7 +541,8 @@ def _pooled_metrics(pool: _VoxelPool, stride: int, acc: _CalibratedMasks, size_n
         "available": True, "n_scans": n_scans, "n_voxels": int(scores.size),
         "n_positive_voxels": int(labels.sum()), "anomalous_without_mask": no_mask,
         "healthy_subsample_stride": stride,
-        "foreground": "source scan nonzero ∪ ground truth" if opts.foreground == "nonzero" else "all voxels",
+        "foreground": {"nonzero": "source scan nonzero ∪ ground truth", "all": "all voxels",
+                       "brain": "the labels' brain mask ∪ ground truth"}.get(opts.foreground, opts.foreground),
         "auroc": M.auroc(labels, scores, wts), "ap": M.average_precision(labels, scores, wts),
     }
     bd, bthr = M.best_dice(labels, scores, wts)
@@ -512,7 +578,7 @@ def _oracle_pass(per_scan, cache, threshold: float, opts: EvalOptions, size_name
             les.update(scan_id=sc.row.scan_id, size_bin=size_names[size_bin(les["volume_mm3"], opts.size_bins)],
                        type=type_names[type_code[les["label"]]] if type_code[les["label"]] >= 0 else None)
         lesions.extend(det.lesions)
-        fps.append((sc.row.label, det.n_fp_components))
+        fps.append((sc.row.label, det.n_fp_components, det.n_pred_components))
         rec["lesions_detected_oracle"] = det.n_detected
         rec["fp_components_oracle"] = det.n_fp_components
     return lesions, fps
@@ -558,36 +624,56 @@ def _voxel_level(scans: list[_Scan], opts: EvalOptions, log) -> tuple[dict[str, 
                                "gt_voxels": int(gt.sum()), "gt_volume_mm3": float(gt.sum() * vox_mm3),
                                "n_lesions": int(n_comp), "voxel_ap": M.average_precision(lab, vals) if lab.any() else None}
         _score_calibrated_mask(sc, rec, acc, amap, aff, map_path, gt, gt_labels, vox_mm3, size_code, type_code,
-                               size_names, type_names)
+                               size_names, type_names, fg=fg, opts=opts, index=i)
         per_scan.append(rec)
         cache.append({"sc": sc, "map_path": map_path, "fg_count": int(fg.sum()), "vox_mm3": vox_mm3})
     res, vcurves, bthr = _pooled_metrics(pool, stride, acc, size_names, type_names, len(with_gt), no_mask, opts)
     del pool
     lesions_orc, fp_orc = _oracle_pass(per_scan, cache, bthr, opts, size_names, type_names)
     res["lesion_detection"] = {
-        "calibrated": _lesion_summary(acc.lesions, acc.fp_components, size_names, type_names) if acc.available else None,
+        "calibrated": (_lesion_summary(acc.lesions, acc.fp_components, size_names, type_names, acc.chance,
+                                       opts.chance_draws) if acc.available else None),
         "oracle_threshold": _lesion_summary(lesions_orc, fp_orc, size_names, type_names),
         "rule": "a ground-truth component (26-connected) is found when any predicted voxel overlaps it",
+        "chance_rule": ("calibrated: each scan's false-positive components (shape and size kept) moved to uniformly "
+                        "random voxels of its evaluation foreground, the lesions they overlap counted, averaged "
+                        f"over {opts.chance_draws} draws"),
     }
     res["per_scan_dice"] = _per_scan_dice(per_scan, acc.available)
     res["per_scan"] = per_scan
     return res, vcurves
 
 
-def _lesion_summary(lesions: list[dict], fps: list[tuple[int, int]], size_names: list[str],
-                    type_names: list[str]) -> dict[str, Any]:
+def _lesion_summary(lesions: list[dict], fps: list[tuple[int, int, int]], size_names: list[str],
+                    type_names: list[str], chance: list[dict] | None = None, chance_draws: int = 0) -> dict[str, Any]:
+    with_chance = chance is not None and len(chance) > 0
+
     def rate(items):
         n = len(items)
-        return {"n_lesions": n, "n_detected": sum(1 for x in items if x["detected"]),
-                "detection_rate": (sum(1 for x in items if x["detected"]) / n) if n else None}
+        d = {"n_lesions": n, "n_detected": sum(1 for x in items if x["detected"]),
+             "detection_rate": (sum(1 for x in items if x["detected"]) / n) if n else None}
+        if with_chance:
+            exp = float(sum(x.get("chance", 0.0) for x in items))
+            d.update(chance_expected_detected=exp, chance_detection_rate=exp / n if n else None)
+        return d
 
     out = rate(lesions)
+    n_pred = sum(p for _, _, p in fps)
+    n_fp = sum(f for _, f, _ in fps)
+    out["n_predicted_components"] = n_pred
+    out["n_true_positive_components"] = n_pred - n_fp
+    out["precision"] = (n_pred - n_fp) / n_pred if n_pred else None
+    out["precision_note"] = "predicted components touching a lesion / all predicted components, all evaluated scans"
+    if with_chance:
+        out["chance"] = {"expected_detected": out["chance_expected_detected"],
+                         "detection_rate": out["chance_detection_rate"], "n_draws": chance_draws,
+                         "n_scans": len(chance), "per_scan": chance}
     out["by_size"] = {name: rate([x for x in lesions if x["size_bin"] == name]) for name in size_names}
     out["by_type"] = {t: rate([x for x in lesions if x.get("type") == t]) for t in type_names}
-    healthy = [n for lab, n in fps if lab == 0]
-    anomalous = [n for lab, n in fps if lab == 1]
+    healthy = [n for lab, n, _ in fps if lab == 0]
+    anomalous = [n for lab, n, _ in fps if lab == 1]
     out["fp_components_per_scan"] = {
-        "all": float(np.mean([n for _, n in fps])) if fps else None,
+        "all": float(np.mean([n for _, n, _ in fps])) if fps else None,
         "healthy_scans": float(np.mean(healthy)) if healthy else None,
         "anomalous_scans": float(np.mean(anomalous)) if anomalous else None,
     }
