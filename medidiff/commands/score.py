@@ -27,6 +27,13 @@ def score(
     cluster: Optional[str] = typer.Option(
         None, "--cluster", help="Score on Dask workers: local[:N] (N worker processes on this machine), "
         "tcp://HOST:8786 (a running `dask scheduler`) or a scheduler .json file. Needs medidiff[cluster]."),
+    use_mismatched_calibration: bool = typer.Option(
+        False, "--use-mismatched-calibration", help="Apply the model's calibration even when it was measured with "
+        "other settings, device or precision: flags, masks and percentiles are then NOT at the calibrated "
+        "false-positive rates (outputs say so). Without it such a run is uncalibrated."),
+    full_source_paths: bool = typer.Option(
+        False, "--full-source-paths", help="Write each scan's full source path in scores.csv/jsonl (folder names "
+        "can be patient names; by default the tables name only the file)."),
 ) -> None:
     """Score every scan under INPUT: anomaly maps and masks in each scan's own grid,
     a scores table (CSV + JSONL) and a run summary."""
@@ -40,7 +47,9 @@ def score(
         summary = score_folder(model, input, out, overrides=tuple(set_), config_path=config, shard=shard,
                                limit=limit, overwrite=overwrite, write_reconstruction=reconstruction,
                                dicom_outputs=dicom_outputs, device=device, progress=progress,
-                               log=lambda m: typer.echo(m, err=True), cluster=cluster)
+                               log=lambda m: typer.echo(m, err=True), cluster=cluster,
+                               use_mismatched_calibration=use_mismatched_calibration,
+                               full_source_paths=full_source_paths)
     typer.echo(summary.line())
     if report:
         from ..report.build import build_report
@@ -64,10 +73,12 @@ def calibrate(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score held-out healthy scans and store normalization statistics, voxel and scan
-    thresholds at the target false-positive rates, and the healthy score distribution."""
+    thresholds at the target false-positive rates, and the healthy score distribution.
+    Starts from the model's method (method.json); every setting --set/--config changes is printed."""
     from ..score.calibration import CalibrationError, calibrate_model
+    from ..score.method import MethodError
 
-    with user_errors(CalibrationError, ValueError):
+    with user_errors(CalibrationError, MethodError, ValueError):
         cal = calibrate_model(model, healthy, overrides=tuple(set_), config_path=config, device=device, limit=limit,
                               progress=progress, log=lambda m: typer.echo(m, err=True))
     for line in cal.summary_lines():

@@ -150,6 +150,8 @@ def _complete(scan_dir: Path, run_info: dict[str, Any]) -> bool:
         return False
     if res.get("model_hash") != run_info["model_hash"] or res.get("config_hash") != run_info["config_hash"]:
         return False
+    if res.get("calibration_id") != run_info.get("calibration_id"):  # recalibrated, or applied/not applied
+        return False
     return all((scan_dir / rel).is_file() for rel in res.get("outputs", {}).values())
 
 
@@ -184,8 +186,7 @@ class ScanJob:
         import time
 
         scan_dir = self.scan_dir(ref)
-        record = ScanRecord(scan_id=ref.scan_id, source_path=ref.source, format=ref.format,
-                            model_hash=self.run_info["model_hash"], config_hash=self.run_info["config_hash"])
+        record = new_record(ref, self.run_info)
         t0 = time.perf_counter()
         remove_stale_temps(scan_dir)
         try:
@@ -201,6 +202,27 @@ class ScanJob:
             self.log(f"failed: {record.error}")
         record.write(scan_dir)
         return record
+
+
+def calibration_fields(run_info: dict[str, Any]) -> dict[str, Any]:
+    """The per-scan calibration state (result.json, scores.csv) from run.json's."""
+    cal = run_info.get("calibration")
+    if not cal:
+        return {"calibration_valid": None, "calibration_status": "uncalibrated: the model has no calibration",
+                "calibration_id": None}
+    from .calibration import CalibrationCheck
+
+    check = CalibrationCheck(bool(cal.get("valid", True)), cal.get("invalid_reason"))
+    return {"calibration_valid": check.valid, "calibration_status": check.status(bool(cal.get("applied", True))),
+            "calibration_id": run_info.get("calibration_id")}
+
+
+def new_record(ref, run_info: dict[str, Any]) -> ScanRecord:
+    """A pending result.json for ``ref`` (its full source path stays inside OUT, next to the maps;
+    the tables carry only the file name, see :func:`medidiff.score.result.table_row`)."""
+    return ScanRecord(scan_id=ref.scan_id, source_path=ref.source, format=ref.format,
+                      model_hash=run_info["model_hash"], config_hash=run_info["config_hash"],
+                      **calibration_fields(run_info))
 
 
 def failure_reason(exc: BaseException, ref, scan_dir: Path) -> str:
@@ -249,7 +271,7 @@ def run_jobs(job: ScanJob, todo, summary: RunSummary, progress: bool = True, lab
 
 
 def finish_run(out: Path, summary: RunSummary, run_info: dict[str, Any], **extra: Any) -> None:
-    write_tables(out)
+    write_tables(out, full_source_paths=bool(run_info.get("full_source_paths")))
     d = dict(summary.__dict__)
     d.update(model_hash=run_info["model_hash"], config_hash=run_info["config_hash"], finished=now_utc(),
              calibrated=run_info.get("calibrated", False), **extra)
@@ -279,35 +301,103 @@ def write_run_info(out: Path, run_info: dict[str, Any], overwrite: bool) -> None
         raise OutputError(f"{out}: cannot write {RUN_FILE} ({exc.strerror or exc}); choose a writable --out") from exc
 
 
-def calibration_for_run(calibration) -> dict[str, Any] | None:
+def calibration_for_run(calibration, check=None, applied: bool | None = None) -> dict[str, Any] | None:
+    """``run.json["calibration"]``: the calibration summary, plus ``valid`` (its thresholds were
+    measured with these settings, device and precision), ``invalid_reason`` (None when valid) and
+    ``applied`` (flags, masks and percentiles come from it: when valid, or when the user opted in
+    with --use-mismatched-calibration). Without ``check`` the calibration is the run's own (valid)."""
     if calibration is None:
         return None
     d = calibration.to_json()
     d.pop("healthy_scores", None)
     d.pop("voxel_fpr_per_scan", None)
+    valid = True if check is None else bool(check.valid)
+    d["valid"] = valid
+    d["invalid_reason"] = None if check is None or check.valid else check.reason
+    d["applied"] = valid if applied is None else bool(applied)
     return d
 
 
+def calibration_fingerprint(calibration) -> str | None:
+    """Identifies one calibration (its thresholds and statistics): a result made with another is not reused."""
+    if calibration is None:
+        return None
+    d = calibration.to_json()
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolve_settings(model_dir: str | Path, calibration, config_path: str | Path | None,
+                     overrides: tuple[str, ...], log: Callable[[str], None]):
+    """(ScoreConfig, Method | None): the model's method (method.json), or ``--config``, plus ``--set``.
+    A folder without method.json scores with its calibration's settings, or the defaults without
+    one; either is said in one log line."""
+    from .config import load_score_config
+    from .method import METHOD_FILE, load_method
+
+    method = load_method(model_dir)
+    base = None
+    if config_path is None:
+        if method is not None:
+            base = method.score_config
+        elif calibration is not None:
+            base = calibration.score_config
+            log(f"{model_dir}: no {METHOD_FILE}: scoring with the settings its calibration was made with")
+        else:
+            log(f"{model_dir}: no {METHOD_FILE} and no calibration: scoring with the default settings "
+                "(not a validated method)")
+    return load_score_config(config_path, overrides, base=base), method
+
+
 def load_scorer(model_dir: str | Path, config_path: str | Path | None = None, overrides: tuple[str, ...] = (),
-                device: str = "auto", log: Callable[[str], None] = print):
-    """The model, its calibration and the scoring settings exactly as a batch run uses them
-    (Dask workers call this too, so every worker scores with the same settings)."""
+                device: str = "auto", log: Callable[[str], None] = print, *,
+                use_mismatched_calibration: bool = False, precision: str | None = None):
+    """The model, its method, its calibration and the scoring settings exactly as a batch run uses
+    them (Dask workers call this too, with the client's resolved ``precision``, so every worker
+    computes as the client would).
+
+    The calibration is applied only when it is valid for these settings, device and precision
+    (``scorer.calibration_check``); otherwise the scorer is uncalibrated — no masks, flags or
+    percentiles — unless ``use_mismatched_calibration``. ``scorer.calibration_record`` is the
+    folder's calibration either way (run.json describes it)."""
     from ..runtime import resolve_device
     from ..train.checkpoint import load_model
     from .calibration import Calibration
-    from .config import load_score_config
+    from .method import format_diff, method_diff
     from .pipeline import Scorer
+    from .postprocess import PostProcessor
 
     loaded = load_model(model_dir, device=resolve_device(device))
     calibration = Calibration.load(model_dir, model_hash=loaded.model_hash)
-    # A calibrated model folder carries the settings its thresholds are valid for.
-    base = calibration.score_config if calibration is not None and config_path is None else None
-    cfg = load_score_config(config_path, overrides, base=base)
-    scorer = Scorer(loaded, cfg, calibration)
-    if calibration is not None and calibration.score_config_hash != scorer.settings_hash():
-        log("warning: scoring settings differ from the calibrated ones "
-            f"({_settings_diff(calibration, cfg, scorer.runtime_settings())}); thresholds, flags and percentiles "
-            "are not valid for these settings (re-run `medidiff calibrate` with the same --set on this device)")
+    cfg, method = resolve_settings(model_dir, calibration, config_path, overrides, log)
+    scorer = Scorer(loaded, cfg, calibration, precision=precision)
+    scorer.method = method
+    scorer.calibration_record = calibration
+    if method is not None:
+        diff = method_diff(method.score_config, cfg)
+        if diff:
+            log(f"settings differ from the model's method ({method.describe()}):\n" + "\n".join(format_diff(diff)))
+        if method.model_hash and method.model_hash != loaded.model_hash:
+            log(f"warning: {method.path} was chosen for weights {method.model_hash[:19]}, these are "
+                f"{loaded.model_hash[:19]}: the method was not validated for these weights")
+    check = scorer.check_calibration()
+    scorer.calibration_check = check
+    scorer.calibration_applied = calibration is not None and (check.valid or use_mismatched_calibration)
+    if check is not None and not check.valid:
+        if use_mismatched_calibration:
+            log(f"warning: applying a calibration that does not match these settings ({check.reason}) because "
+                "--use-mismatched-calibration was given: flags, masks and percentiles are not at the calibrated "
+                "false-positive rates")
+        else:
+            log(f"uncalibrated for these settings: {check.reason}; no masks, flags or percentiles. Re-run "
+                "`medidiff calibrate` on this device with the same settings, or pass --use-mismatched-calibration "
+                "to apply it anyway")
+            if cfg.refine:
+                raise ValueError("score.refine=true needs a calibration valid for these settings (the inpainting "
+                                 f"holes use its threshold), and this one is not ({check.reason}); re-run "
+                                 "`medidiff calibrate --set score.refine=true` on this device")
+            scorer.calibration = None
+            scorer.post = PostProcessor(cfg, scorer.spacing, None,
+                                        uncalibrated_reason=f"uncalibrated for these settings: {check.reason}")
     return scorer
 
 
@@ -316,7 +406,8 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
                  shard: str | None = None, limit: int | None = None, overwrite: bool = False,
                  write_reconstruction: bool = False, dicom_outputs: bool = True, device: str = "auto",
                  progress: bool = True, log: Callable[[str], None] = print,
-                 cluster: str | None = None) -> RunSummary:
+                 cluster: str | None = None, use_mismatched_calibration: bool = False,
+                 full_source_paths: bool = False) -> RunSummary:
     """Score every scan under ``input_path`` into ``out_dir``; with ``cluster`` (``local[:N]``,
     a scheduler address or scheduler file) Dask workers score the scans, see :mod:`.cluster`."""
     import time
@@ -332,9 +423,10 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
     set_threads()
     out = Path(out_dir)
     prepare_out(out)
-    scorer = load_scorer(model_dir, config_path, overrides, device, log)
-    loaded, cfg, calibration = scorer.loaded, scorer.cfg, scorer.calibration
-    if calibration is not None:
+    scorer = load_scorer(model_dir, config_path, overrides, device, log,
+                         use_mismatched_calibration=use_mismatched_calibration)
+    loaded, cfg, calibration = scorer.loaded, scorer.cfg, scorer.calibration_record
+    if calibration is not None and scorer.calibration_applied:
         for w in calibration.warnings:
             log(f"calibration warning: {w}")
     run_info = {
@@ -343,12 +435,15 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
         "config_hash": scorer.settings_hash(),
         "score_config": cfg.to_dict(),
         "runtime": scorer.runtime_settings(),
-        "calibrated": calibration is not None,
-        "calibration": calibration_for_run(calibration),
+        "scoring_method": None if scorer.method is None else scorer.method.for_run(cfg),
+        "calibrated": bool(scorer.calibration_applied),
+        "calibration": calibration_for_run(calibration, scorer.calibration_check, scorer.calibration_applied),
+        "calibration_id": calibration_fingerprint(calibration) if scorer.calibration_applied else None,
         "medidiff_version": __version__,
         "model_dir": str(model_dir),
         "input": str(input_path),
         "t_star": [int(round(f * loaded.scheduler_factory.num_train_timesteps)) for f in cfg.t_fractions],
+        "full_source_paths": bool(full_source_paths),
         "started": now_utc(),
     }
     write_run_info(out, run_info, overwrite)
@@ -360,15 +455,19 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
     if cluster_spec is None:
         run_jobs(job, todo, summary, progress)
     else:
+        # workers compute on the client's device kind and precision, and apply the calibration as it does
         extra["cluster"] = _run_on_cluster(cluster_spec, job, todo, summary, progress,
-                                           (model_dir, config_path, overrides, device), write_reconstruction)
+                                           (model_dir, config_path, overrides, scorer.reconstructor.device.type),
+                                           write_reconstruction,
+                                           {"precision": scorer.reconstructor.precision,
+                                            "use_mismatched_calibration": use_mismatched_calibration})
     summary.seconds = round(time.perf_counter() - t_start, 2)
     finish_run(out, summary, run_info, **extra)
     return summary
 
 
 def _run_on_cluster(spec, job: ScanJob, todo, summary: RunSummary, progress: bool, scorer_args: tuple,
-                    write_reconstruction: bool) -> dict[str, Any]:
+                    write_reconstruction: bool, scorer_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Finished scans are skipped here; the rest go to Dask workers (same ScanJob.run there)."""
     from .cluster import RemoteJob, score_on_cluster
 
@@ -380,20 +479,13 @@ def _run_on_cluster(spec, job: ScanJob, todo, summary: RunSummary, progress: boo
             pending.append(ref)
     remote = RemoteJob(out=job.out, run_info=job.run_info, modality=job.modality, scorer_args=scorer_args,
                        overwrite=job.overwrite, dicom_outputs=job.dicom_outputs,
-                       write_reconstruction=write_reconstruction)
+                       write_reconstruction=write_reconstruction, scorer_options=dict(scorer_options or {}))
     with _progress(progress, len(pending), "scoring") as advance:
         def done(record: ScanRecord) -> None:
             count_record(summary, record)
             advance(record.scan_id)
 
         return score_on_cluster(spec, remote, pending, on_record=done, log=job.log)
-
-
-def _settings_diff(calibration, cfg, runtime: dict[str, Any]) -> str:
-    now = dict(cfg.to_dict(), **{f"runtime.{k}": v for k, v in runtime.items()})
-    then = dict(calibration.score_config, **{f"runtime.{k}": v for k, v in (calibration.runtime or {}).items()})
-    keys = sorted(k for k in set(now) | set(then) if k != "batch_size" and now.get(k) != then.get(k))
-    return ", ".join(f"{k}: calibrated {then.get(k)!r}, now {now.get(k)!r}" for k in keys) or "settings hash differs"
 
 
 def remove_stale_temps(scan_dir: Path) -> None:
@@ -417,13 +509,14 @@ def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_tables(out_dir: str | Path) -> None:
-    """scores.csv and scores.jsonl: one row per scan result in OUT (all shards)."""
+def write_tables(out_dir: str | Path, full_source_paths: bool = False) -> None:
+    """scores.csv and scores.jsonl: one row per scan result in OUT (all shards). ``source_path`` is
+    the file name only unless ``full_source_paths`` (folder names can be patient names)."""
     import pandas as pd
 
     out = Path(out_dir)
     rows = read_results(out)
-    df = pd.DataFrame([table_row(r) for r in rows], columns=TABLE_COLUMNS)
+    df = pd.DataFrame([table_row(r, full_source_paths) for r in rows], columns=TABLE_COLUMNS)
     df = df.sort_values(["status", "score"], ascending=[False, False], na_position="last")
     write_text_atomic(out / "scores.csv", df.to_csv(index=False))
     write_text_atomic(out / "scores.jsonl", "".join(json.dumps(r, default=json_default) + "\n"

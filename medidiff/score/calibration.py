@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..io.atomic import atomic_path, write_text_atomic
-from .config import ScoreConfig
+from .config import ScoreConfig, settings_hash, stored_hash_forms
 from .maps import NormStats
 from .postprocess import PostProcessor
 
@@ -108,6 +108,9 @@ class Calibration:
             f"{self.achieved_scan_fpr:.3g} ({self.n_false_positive_scans}/{self.n_scans} healthy scans flagged) "
             f"[95% CI {sci[0]:.3g}-{sci[1]:.3g}]",
         ]
+        if self.runtime.get("precision") and self.runtime.get("device"):
+            lines.append(f"measured in {self.runtime['precision']} on {self.runtime['device']}: thresholds apply only "
+                         "when scoring computes the same way (other devices or precisions score uncalibrated)")
         return lines + [f"warning: {w}" for w in self.warnings]
 
     def _tensors(self) -> dict[str, np.ndarray]:
@@ -156,7 +159,14 @@ class Calibration:
             raise CalibrationError(f"{path}: calibrated for model {str(d.get('model_hash', '?'))[:12]}, not this "
                                    f"model ({model_hash[:12]}); {redo}")
         glob = {k: d.pop(k, None) for k in ("global_mean", "global_std", "refine_global_mean", "refine_global_std")}
-        cal = cls(**d)
+        try:
+            cal = cls(**d)
+            forms = stored_hash_forms(cal.score_config, cal.runtime)
+        except (TypeError, ValueError) as exc:
+            raise CalibrationError(f"{path}: settings not readable ({exc}); {redo}") from exc
+        if cal.score_config_hash not in forms:
+            raise CalibrationError(f"{path}: score_config_hash {cal.score_config_hash} does not match the settings "
+                                   f"stored with it (edited by hand?); {redo}")
         if cal.tensors_sha256 is None:
             if tpath.is_file():
                 raise CalibrationError(f"{tpath}: not referenced by {CALIBRATION_JSON} (left by another calibration?); {redo}")
@@ -177,6 +187,48 @@ class Calibration:
             cal.refine_stats = NormStats(t["refine_mean"], t["refine_std"], glob["refine_global_mean"],
                                          glob["refine_global_std"])
         return cal
+
+
+# ----------------------------------------------------------------------------- validity
+
+@dataclass
+class CalibrationCheck:
+    """Whether a calibration's thresholds apply to these settings on this device and precision."""
+
+    valid: bool
+    reason: str | None = None  # why not, in words (None when valid)
+
+    def status(self, applied: bool) -> str:
+        """The per-scan wording (result.json, scores.csv)."""
+        if self.valid:
+            return "calibrated"
+        if applied:
+            return f"mismatched calibration applied (--use-mismatched-calibration): {self.reason}"
+        return f"uncalibrated for these settings: {self.reason}"
+
+
+def settings_differences(score_config: dict[str, Any], runtime: dict[str, Any] | None, cfg: ScoreConfig,
+                         now_runtime: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:
+    """(setting, calibrated value, value now) for every difference that changes maps (numbers
+    compared canonically; ``batch_size`` never changes a map and is left out)."""
+    then = dict(ScoreConfig.from_dict(score_config).to_dict(),
+                **{f"runtime.{k}": v for k, v in (runtime or {}).items()})
+    now = dict(cfg.to_dict(), **{f"runtime.{k}": v for k, v in (now_runtime or {}).items()})
+    keys = sorted(k for k in set(now) | set(then) if k != "batch_size" and now.get(k) != then.get(k))
+    return [(k, then.get(k), now.get(k)) for k in keys]
+
+
+def check_calibration(cal: "Calibration", cfg: ScoreConfig, runtime: dict[str, Any]) -> CalibrationCheck:
+    """Valid when the settings and runtime (device kind, resolved precision, noise) hash exactly
+    as the ones the thresholds were measured with; otherwise the reason names every difference."""
+    if settings_hash(cal.score_config, cal.runtime) == cfg.hash(runtime):
+        return CalibrationCheck(True)
+    diff = settings_differences(cal.score_config, cal.runtime, cfg, runtime)
+    words = {"runtime.precision": "precision", "runtime.device": "device", "runtime.noise": "noise",
+             "runtime.noise_params": "noise parameters"}
+    reason = "; ".join(f"{words.get(k, k)}: calibrated {json.dumps(a, default=str)}, now {json.dumps(b, default=str)}"
+                       for k, a, b in diff) or "settings hash differs"
+    return CalibrationCheck(False, reason)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -309,6 +361,42 @@ def collect_maps(scans, make_map: Callable, log: Callable[[str], None], progress
     return maps, ids
 
 
+def calibration_settings(model_dir: str | Path, config_path: str | Path | None, overrides: tuple[str, ...],
+                         log=print) -> tuple[ScoreConfig, Any]:
+    """The settings a calibration is made with: the model's method (method.json) plus explicit
+    ``--set``/``--config``; every setting that then differs from the method is logged, so a
+    recalibration never changes the method silently. A folder without method.json starts from its
+    existing calibration's settings, else from the defaults (said in one line)."""
+    from .config import load_score_config
+    from .method import METHOD_FILE, format_diff, load_method, method_diff
+
+    method = load_method(model_dir)
+    base = None
+    if method is not None:
+        base = method.score_config
+    else:
+        try:
+            old = Calibration.load(model_dir)
+        except CalibrationError:
+            old = None
+        if old is not None and config_path is None:
+            base = old.score_config
+            log(f"{model_dir}: no {METHOD_FILE}: starting from the settings of its existing calibration")
+        elif config_path is None:
+            log(f"{model_dir}: no {METHOD_FILE}: starting from the default settings (not a validated method)")
+    cfg = load_score_config(config_path, overrides, base=None if config_path is not None else base)
+    if method is not None:
+        diff = method_diff(method.score_config, cfg)
+        if diff:
+            sets = " ".join(f"--set score.{k}={json.dumps(b, separators=(',', ':'))}" for k, _, b in diff)
+            log(f"settings differ from the model's method ({method.describe()}):\n" + "\n".join(format_diff(diff))
+                + f"\n  `medidiff score` uses the method: pass the same {sets} when scoring, or this calibration "
+                  "will not apply")
+        else:
+            log(f"settings: the model's method ({method.describe()})")
+    return cfg, method
+
+
 def calibrate_model(model_dir: str | Path, healthy: str | Path, *, overrides: tuple[str, ...] = (),
                     config_path: str | Path | None = None, device: str = "auto", limit: int | None = None,
                     progress: bool = True, log=print) -> Calibration:
@@ -316,12 +404,11 @@ def calibrate_model(model_dir: str | Path, healthy: str | Path, *, overrides: tu
     from ..io.discover import discover
     from ..runtime import resolve_device, set_threads
     from ..train.checkpoint import load_model
-    from .config import load_score_config
     from .pipeline import Scorer
 
     set_threads()
     loaded = load_model(model_dir, device=resolve_device(device))
-    cfg = load_score_config(config_path, overrides)
+    cfg, method = calibration_settings(model_dir, config_path, overrides, log)
     found = discover(healthy)
     for s in found.skipped:
         log(f"skipped: {s.path}: {s.reason}")

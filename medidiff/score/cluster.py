@@ -23,12 +23,13 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..io.naming import safe_join
-from .batch import RESULT_FILE, OutputError, ScanJob, remove_stale_temps, load_scorer
+from .batch import (RESULT_FILE, OutputError, ScanJob, calibration_fingerprint, load_scorer, new_record,
+                    remove_stale_temps)
 from .result import ScanRecord
 
 INSTALL_HINT = "pip install 'medidiff[cluster]'"
@@ -110,10 +111,13 @@ class RemoteJob:
     out: Path
     run_info: dict[str, Any]
     modality: str
-    scorer_args: tuple  # (model_dir, config_path, overrides, device), absolute paths
+    scorer_args: tuple  # (model_dir, config_path, overrides, device kind), absolute paths
     overwrite: bool = False
     dicom_outputs: bool = True
     write_reconstruction: bool = False
+    # load_scorer keywords: the client's resolved precision (a worker never resolves its own: the
+    # same precision everywhere, or a clear error) and --use-mismatched-calibration
+    scorer_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def scans_root(self) -> Path:
@@ -126,8 +130,7 @@ class RemoteJob:
 
     def failed(self, ref, reason: str) -> ScanRecord:
         """A failed row written by the client (the scan's workers all died)."""
-        record = ScanRecord(scan_id=ref.scan_id, source_path=ref.source, format=ref.format,
-                            model_hash=self.run_info["model_hash"], config_hash=self.run_info["config_hash"])
+        record = new_record(ref, self.run_info)
         record.failed(reason, 0.0)
         scan_dir = safe_join(self.scans_root, ref.scan_id)
         remove_stale_temps(scan_dir)  # a worker killed mid-write leaves its temp files behind
@@ -143,16 +146,23 @@ def _worker_scorer(job: RemoteJob, torch_threads: int | None, worker_threads: in
     """The scorer of this run, built once per worker process (later tasks reuse it)."""
     from ..runtime import set_threads
 
-    key = (job.scorer_args, job.run_info["model_hash"], job.run_info["config_hash"])
+    key = (job.scorer_args, job.run_info["model_hash"], job.run_info["config_hash"],
+           tuple(sorted(job.scorer_options.items())))
     with _SCORER_LOCK:
         if key not in _SCORERS:
             set_threads(local_world=worker_threads, threads=torch_threads)
-            scorer = load_scorer(*job.scorer_args, log=lambda m: None)
+            scorer = load_scorer(*job.scorer_args, log=lambda m: None, **job.scorer_options)
             seen = (scorer.loaded.model_hash, scorer.settings_hash())
             if seen != (job.run_info["model_hash"], job.run_info["config_hash"]):
                 raise RuntimeError(f"this worker sees model {seen[0][:12]} / settings {seen[1]} at "
                                    f"{job.scorer_args[0]}, the client sees {job.run_info['model_hash'][:12]} / "
-                                   f"{job.run_info['config_hash']}: give workers the same model folder")
+                                   f"{job.run_info['config_hash']}: give workers the same model folder (and "
+                                   "method.json) as the client")
+            applied = calibration_fingerprint(scorer.calibration_record) if scorer.calibration_applied else None
+            if applied != job.run_info.get("calibration_id"):
+                raise RuntimeError(f"this worker applies calibration {applied} from {job.scorer_args[0]}, the client "
+                                   f"{job.run_info.get('calibration_id')}: give workers the same model folder as "
+                                   "the client")
             _SCORERS.clear()  # one model per worker at a time
             _SCORERS[key] = scorer
         return _SCORERS[key]

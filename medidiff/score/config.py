@@ -60,6 +60,7 @@ class ScoreConfig:
     scan_fpr: float = 0.05
 
     def __post_init__(self) -> None:
+        _canonical_numbers(self)
         if isinstance(self.t_fractions, (int, float)):
             self.t_fractions = (float(self.t_fractions),)
         self.t_fractions = tuple(float(t) for t in self.t_fractions)
@@ -70,8 +71,6 @@ class ScoreConfig:
             errs.append(f"steps must be >= 1, got {self.steps}")
         if self.n_draws < 1 or self.batch_size < 1:
             errs.append("n_draws and batch_size must be >= 1")
-        if self.window_overlap is not None:  # 0 and 0.0 are one setting (one hash)
-            self.window_overlap = float(self.window_overlap)
         if self.window_overlap is not None and not 0 <= self.window_overlap < 1:
             errs.append(f"window_overlap must be in [0, 1), got {self.window_overlap}")
         if self.smoothing not in SMOOTHING:
@@ -107,16 +106,76 @@ class ScoreConfig:
     def hash(self, runtime: dict[str, Any] | None = None) -> str:
         """Hash of everything that changes maps: these settings (not ``batch_size``: every noise
         draw has its own generator, so batching never changes a map) plus ``runtime`` — the
-        resolved precision, device kind and noise type/parameters (see ``Scorer.runtime_settings``)."""
-        d = self.to_dict()
-        d.pop("batch_size")
-        if d["t_combine"] == "reconstruction":  # added later: the default keeps older calibrations valid
-            d.pop("t_combine")
-        if d["window_overlap"] is None:  # likewise
-            d.pop("window_overlap")
-        if runtime is not None:
-            d["runtime"] = runtime
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        resolved precision, device kind and noise type/parameters (see ``Scorer.runtime_settings``).
+
+        Numbers are canonical (see :func:`_canonical_numbers`): ``smoothing_size=5`` and ``5.0``
+        are one setting and one hash."""
+        return settings_hash(self.to_dict(), runtime)
+
+
+# ----------------------------------------------------------------------------- hashing
+
+def _field_kinds() -> dict[str, str]:
+    """Field name -> 'float' | 'int' | 'float?' (float or None) for the numeric fields."""
+    kinds = {}
+    for f in fields(ScoreConfig):
+        t = str(f.type).replace(" ", "")
+        if t in ("float", "int"):
+            kinds[f.name] = t
+        elif t in ("float|None", "Optional[float]"):
+            kinds[f.name] = "float?"
+    return kinds
+
+
+def _canonical_numbers(cfg: "ScoreConfig") -> None:
+    """Float settings are floats and integer settings ints, whatever the YAML, ``--set`` or JSON
+    gave (``5`` vs ``5.0``): equal settings must hash alike. An integer setting given a
+    fractional value is refused rather than truncated."""
+    errs = []
+    for name, kind in _FIELD_KINDS.items():
+        v = getattr(cfg, name)
+        if v is None and kind == "float?":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if v is not None or kind != "float?":
+                errs.append(f"{name} must be a number, got {v!r}")
+            continue
+        if kind == "int":
+            if float(v) != int(v):
+                errs.append(f"{name} must be a whole number, got {v!r}")
+                continue
+            setattr(cfg, name, int(v))
+        else:
+            setattr(cfg, name, float(v))
+    if errs:
+        raise ValueError("score config: " + "; ".join(errs))
+
+
+def _hash_dict(d: dict[str, Any], runtime: dict[str, Any] | None) -> str:
+    d = dict(d)
+    d.pop("batch_size", None)
+    if d.get("t_combine", "reconstruction") == "reconstruction":  # added later: the default keeps older hashes
+        d.pop("t_combine", None)
+    if d.get("window_overlap") is None:  # likewise
+        d.pop("window_overlap", None)
+    if runtime is not None:
+        d["runtime"] = runtime
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings_hash(score_config: dict[str, Any], runtime: dict[str, Any] | None = None) -> str:
+    """The settings hash of a settings dict (canonical numbers), as :meth:`ScoreConfig.hash`."""
+    return _hash_dict(ScoreConfig.from_dict(score_config).to_dict(), runtime)
+
+
+def stored_hash_forms(score_config: dict[str, Any], runtime: dict[str, Any] | None) -> set[str]:
+    """Every hash a calibration made with ``score_config`` + ``runtime`` may carry: the canonical
+    one, and the one of the settings exactly as stored (calibrations made before numbers were
+    canonical hashed ``5`` and ``5.0`` differently; both shipped calibrations stay valid)."""
+    return {settings_hash(score_config, runtime), _hash_dict(score_config, runtime)}
+
+
+_FIELD_KINDS = _field_kinds()
 
 
 def load_score_config(path: str | Path | None = None, overrides: Iterable[str] = (),

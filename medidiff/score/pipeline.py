@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from ..volume import Volume
 from .cache import active_cache, cached, preprocessed
-from .calibration import Calibration
+from .calibration import Calibration, CalibrationCheck, check_calibration
 from .config import ScoreConfig
 from .maps import normalize_map, raw_map, scoring_mask
 from .postprocess import ModelGridMap, PostProcessor
@@ -23,12 +23,19 @@ __all__ = ["ModelGridMap", "ScanResult", "Scorer"]
 
 
 class Scorer:
-    def __init__(self, loaded, cfg: ScoreConfig, calibration: Calibration | None = None):
+    """``calibration`` is applied as given (thresholds, flags, percentiles); :func:`medidiff.score.batch.
+    load_scorer` decides whether a model folder's calibration is valid for the settings first
+    (:meth:`check_calibration`). ``precision``: a resolved precision to use instead of resolving
+    ``cfg.precision`` here (Dask workers take the client's, so every process computes alike)."""
+
+    def __init__(self, loaded, cfg: ScoreConfig, calibration: Calibration | None = None,
+                 precision: str | None = None):
         self.loaded = loaded
         self.cfg = cfg
         self.calibration = calibration
         self.reconstructor = Reconstructor(
-            loaded, cfg, calibrated_precision=calibration.runtime.get("precision") if calibration else None)
+            loaded, cfg, calibrated_precision=calibration.runtime.get("precision") if calibration else None,
+            precision=precision)
         self.pcfg = loaded.preprocess_config
         self.spacing = np.asarray(self.pcfg.spacing, dtype=np.float64)
         self.post = PostProcessor(cfg, self.spacing, calibration)
@@ -43,6 +50,12 @@ class Scorer:
 
     def settings_hash(self) -> str:
         return self.cfg.hash(self.runtime_settings())
+
+    def check_calibration(self, calibration: Calibration | None = None) -> CalibrationCheck | None:
+        """Whether ``calibration`` (default: this scorer's) was measured with these settings, device
+        and precision; None without a calibration."""
+        cal = self.calibration if calibration is None else calibration
+        return None if cal is None else check_calibration(cal, self.cfg, self.runtime_settings())
 
     def first_pass(self, volume: Volume, seed: int | None = None) -> ModelGridMap:
         """Raw residual map of the plain partial-diffusion reconstruction."""
@@ -69,8 +82,11 @@ class Scorer:
         seed = c.seed if seed is None else seed
         recs = []
         for fr in levels:
+            # everything that changes a reconstruction: weights, t*, K, draws, seed, the sliding-window
+            # overlap of a patch model, and the runtime (precision, device, noise)
             rkey = None if key is None else "|".join(map(str, (
-                key, self.loaded.model_hash, fr, c.steps, c.n_draws, seed, sorted(self.runtime_settings().items()))))
+                key, self.loaded.model_hash, fr, c.steps, c.n_draws, seed, c.window_overlap,
+                sorted(self.runtime_settings().items()))))
             recs.append(cached(cache, rkey, lambda fr=fr: self.reconstructor.reconstruct(pre.image, seed=seed,
                                                                                        fractions=fr)))
         return pre, recs

@@ -45,9 +45,12 @@ class ModelGridMap:
 
 
 class PostProcessor:
-    def __init__(self, cfg: ScoreConfig, spacing_mm, calibration=None):
+    def __init__(self, cfg: ScoreConfig, spacing_mm, calibration=None, uncalibrated_reason: str | None = None):
         self.cfg = cfg
         self.calibration = calibration
+        # why there is no calibration to apply (e.g. "uncalibrated for these settings: precision ..."),
+        # said in every result's warnings
+        self.uncalibrated_reason = uncalibrated_reason
         self.voxel_volume = float(np.prod(np.asarray(spacing_mm, dtype=np.float64)))
 
     @property
@@ -80,7 +83,8 @@ class PostProcessor:
         score = self.score(mg.amap, mg.region, vthr)
         warnings = list(volume.provenance.warnings)
         if cal is None:
-            warnings.append("uncalibrated model: the map is the raw residual, no mask or flag"
+            warnings.append(f"{self.uncalibrated_reason or 'uncalibrated model'}: the map is the raw residual, "
+                            "no mask, flag or percentile"
                             + ("; the scan score is the top-k mean, not the supra-threshold volume"
                                if self.cfg.score in ("supra_volume", "largest_cluster") else ""))
         mapping = mg.pre.mapping

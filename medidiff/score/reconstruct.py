@@ -67,9 +67,39 @@ def _with_window_overlap(net, overlap: float | None):
     return net.with_overlap(overlap)
 
 
+def _pointwise_conv_pre(module, args):
+    if not torch.is_autocast_enabled("cpu") and args and args[0].device.type == "cpu":
+        module._medidiff_mkldnn = torch._C._get_mkldnn_enabled()
+        torch._C._set_mkldnn_enabled(False)
+
+
+def _pointwise_conv_post(module, args, output):
+    prev = getattr(module, "_medidiff_mkldnn", None)
+    if prev is not None:
+        torch._C._set_mkldnn_enabled(prev)
+        module._medidiff_mkldnn = None
+
+
+def thread_invariant_pointwise_convs(net) -> None:
+    """fp32 on CPU: oneDNN's 1x1x1 convolution splits its channel reduction by thread count, so a
+    process with 2 intra-op threads and one with 1 (a local run and a Dask worker) give maps that
+    differ in the last bits. These convolutions (the U-Net's skip projections) run on ATen's own
+    kernel instead, which is thread-count invariant and not slower for 1x1x1 (measured). bf16
+    autocast and CUDA are left alone (bf16 oneDNN convolutions were measured thread-invariant).
+    Idempotent: hooks are added once per module."""
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.Conv3d) and all(k == 1 for k in mod.kernel_size) \
+                and not getattr(mod, "_medidiff_pointwise_hooked", False):
+            mod.register_forward_pre_hook(_pointwise_conv_pre)
+            mod.register_forward_hook(_pointwise_conv_post)
+            mod._medidiff_pointwise_hooked = True
+
+
 class Reconstructor:
-    def __init__(self, loaded, cfg: ScoreConfig, calibrated_precision: str | None = None):
+    def __init__(self, loaded, cfg: ScoreConfig, calibrated_precision: str | None = None,
+                 precision: str | None = None):
         self.net = _with_window_overlap(loaded.network, cfg.window_overlap)
+        thread_invariant_pointwise_convs(self.net)
         self.device = loaded.device
         self.scheduler = loaded.scheduler_factory("ddim")
         self.T = int(loaded.scheduler_factory.num_train_timesteps)
@@ -78,7 +108,15 @@ class Reconstructor:
         self.noise_kind = cfg.noise or dcfg.noise
         # the training noise parameters apply only when scoring with the training noise type
         self.noise_params = dict(dcfg.noise_params or {}) if self.noise_kind == dcfg.noise else {}
-        self.precision = follow_calibration(cfg.precision, calibrated_precision, self.device)
+        if precision is not None:  # resolved elsewhere (a Dask client): this process must run the same
+            try:
+                self.precision = resolve_precision(precision, self.device)
+            except RuntimeError as exc:
+                raise RuntimeError(f"this process cannot compute in {precision}, the precision the run was "
+                                   f"started with ({exc}); score with --set score.precision=fp32 so every "
+                                   "machine computes alike") from exc
+        else:
+            self.precision = follow_calibration(cfg.precision, calibrated_precision, self.device)
         self.cfg = cfg
         self._acp = self.scheduler.alphas_cumprod.detach().to(torch.float64).cpu()
 

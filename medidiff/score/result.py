@@ -76,6 +76,11 @@ class ScanRecord:
     seconds: float = 0.0
     model_hash: str = ""
     config_hash: str = ""
+    # whether the model's calibration was measured with these settings, device and precision
+    # (None: the model has none), and in words: "calibrated", "uncalibrated for these settings: <why>", ...
+    calibration_valid: bool | None = None
+    calibration_status: str = ""
+    calibration_id: str | None = None  # which calibration the flags came from (None: none applied)
     status: str = "pending"  # ok | failed
     error: str = ""
     outputs: dict[str, str] = field(default_factory=dict)  # name -> file name in the scan folder
@@ -111,13 +116,33 @@ class ScanRecord:
 # front-end quality numbers that scores.csv shows next to the score (from result.json["qc"])
 QC_COLUMNS = ["brain_volume_ml", "registration_similarity", "brain_inside_grid"]
 TABLE_COLUMNS = [f.name for f in fields(ScanRecord) if f.name not in ("outputs", "shape", "affine", "warnings", "qc",
-                                                                       "finished")] + QC_COLUMNS
+                                                                       "finished", "calibration_id")] + QC_COLUMNS
 
 
-def table_row(record: dict[str, Any]) -> dict[str, Any]:
+def table_source(record: dict[str, Any]) -> str:
+    """What the tables say about a scan's source: the file name of a NIfTI (made filesystem-safe),
+    ``DICOM series <scan_id>`` for a series — never the folders above it, whose names are often
+    patient names. result.json in the scan's output folder keeps the full path (the report needs it)."""
+    from ..io.naming import sanitize
+
+    src = str(record.get("source_path") or "")
+    if not src:
+        return ""
+    if str(record.get("format") or "").lower().startswith("dicom"):
+        return f"DICOM series {record.get('scan_id', '')}"
+    return sanitize(Path(src).name)
+
+
+def table_row(record: dict[str, Any], full_source_paths: bool = False) -> dict[str, Any]:
     """One scores.csv row from a result.json dict (QC numbers flattened in; absent = empty)."""
     qc = record.get("qc") or {}
-    return {c: (qc.get(c) if c in QC_COLUMNS else record.get(c)) for c in TABLE_COLUMNS}
+    row = {c: (qc.get(c) if c in QC_COLUMNS else record.get(c)) for c in TABLE_COLUMNS}
+    if not full_source_paths:
+        src, short = str(record.get("source_path") or ""), table_source(record)
+        row["source_path"] = short
+        if src and row.get("error"):  # a failure names its file: by the same short name here
+            row["error"] = str(row["error"]).replace(src, short)
+    return row
 
 
 def write_scan_outputs(scan_dir: Path, volume, result: ScanResult, model_hash: str, dicom_outputs: bool,

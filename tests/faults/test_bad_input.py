@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from faults.kit import HOSTILE_NIFTI_NAME, blob, build_fault_folder, save_nifti, write_dicom_series
 from medidiff.cli import app
 from medidiff.io.discover import discover
+from medidiff.io.naming import sanitize
 
 runner = CliRunner()
 FAST = ["--set", "score.n_draws=1", "--set", "score.batch_size=1"]
@@ -101,12 +102,18 @@ def test_score_messy_folder(fault_folder, tiny_model_dir, tmp_path):
     assert len(df) == summary["n_found"] == 4 + len(ff.failing)
     ok = df[df.status == "ok"]
     assert len(ok) == 4 and "good" in set(ok.scan_id)
-    assert set(ok.source_path) >= {str(ff.root / "good.nii.gz"), str(ff.root / "dcm_good"),
-                                   str(ff.root / "deep" / "nested" / HOSTILE_NIFTI_NAME), str(ff.incomplete_series)}
+    # the tables name a scan's file, never the folders above it (folder names can be patient names);
+    # result.json, inside the scan's output folder, keeps the full path for the report
+    assert set(ok.source_path) >= {"good.nii.gz", sanitize(HOSTILE_NIFTI_NAME)}
+    assert sum(s.startswith("DICOM series ") for s in ok.source_path) == 2
+    table = (out / "scores.csv").read_text() + (out / "scores.jsonl").read_text()
+    assert str(ff.root) not in table and "nested" not in table and "dcm_good" not in table
+    full = {json.loads(p.read_text())["source_path"] for p in (out / "scans").glob("*/result.json")}
+    assert str(ff.root / "good.nii.gz") in full and str(ff.root / "dcm_good") in full
     failed = df[df.status == "failed"].set_index("source_path")
     for path, why in ff.failing.items():
-        err = failed.loc[path, "error"]
-        assert path in err and why.lower() in err.lower(), err  # names the file and the problem
+        err = failed.loc[Path(path).name, "error"]
+        assert Path(path).name in err and why.lower() in err.lower(), err  # names the file and the problem
         assert "\n" not in err and "Warning" not in err
     assert "constant image" in res.output
 
