@@ -6,6 +6,10 @@
     # time both stages at the configured settings (a few steps each), no run folder kept
     python pipelines/train_generator.py --measure 5
     # then: medidiff synthesize --model runs/generator --n 16 --out synth --reference ... --train-data ...
+    # the real cohort's train role (configs/real_cohort_split.csv), conditioned on age and sex,
+    # warm-started from the bundled generator (configs/generator_real.yaml)
+    python pipelines/train_generator.py --config configs/generator_real.yaml --cohort COHORT_DIR \
+        --init-from models/generator --out runs/generator_real --max-minutes 45 --threads 1 [--resume]
 
 Training scans: the healthy ``train`` split of ``sample_data/labels.csv`` (``--data``/``--splits``),
 preprocessed once by the front end into template space and cached in the run folder. The
@@ -13,6 +17,11 @@ generator folder (``model.json`` + ``model.safetensors``) is rewritten at every 
 latent stage, so a partly trained generator can already be sampled. ``RUN/training.json`` holds
 steps, wall and CPU seconds per stage (summed over resumed runs) and the loss curves.
 Pin ``--threads 1`` when anything else runs on the machine.
+
+``--cohort DIR`` trains on the rows of the split file (``--split-csv``) whose role is in
+``--roles`` (default ``train``) instead, found in DIR (and ``--real-scans`` for ``real`` rows);
+the manifest is written to RUN/manifest.csv and each scan's age and sex (the split's ``age`` and
+``sex`` columns) become its condition when the config has ``latent.conditioning``.
 """
 
 from __future__ import annotations
@@ -67,6 +76,25 @@ def measure(cfg, data: Path, splits, steps: int) -> dict:
     return out
 
 
+def cohort_manifest(cohort: Path, real_scans: Path | None, split_csv: Path, roles: list[str],
+                    out: Path) -> tuple[Path, dict[str, dict]]:
+    """RUN/manifest.csv of the split's ``roles`` (split column ``train``) and each scan's
+    ``{"age", "sex"}`` keyed by the scan id training sees."""
+    from medidiff.train.data import list_scans
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    from real_split import read_split, scan_paths, write_manifest
+
+    rows = scan_paths(read_split(split_csv), roles, cohort, real_scans)
+    if not rows:
+        raise SystemExit(f"{split_csv}: no scans with role(s) {roles} under {cohort}")
+    write_manifest(out, cohort, real_scans, {r: "train" for r in roles}, split_csv=split_csv)
+    conditions = {}
+    for r in rows:
+        for src in list_scans(r["abspath"]):
+            conditions[src.scan_id] = {"age": r.get("age") or None, "sex": r.get("sex") or None}
+    return out, conditions
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "generator_ldm.yaml"))
@@ -79,6 +107,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--measure", type=int, default=0, metavar="STEPS", help="only time STEPS steps of each stage")
+    ap.add_argument("--cohort", type=Path, default=None, help="real cohort folder: train on the split file's --roles")
+    ap.add_argument("--real-scans", type=Path, default=None, help="folder of the split file's 'real' rows")
+    ap.add_argument("--split-csv", type=Path, default=ROOT / "configs" / "real_cohort_split.csv")
+    ap.add_argument("--roles", default="train", help="comma list of split roles to train on (with --cohort)")
+    ap.add_argument("--init-from", type=Path, default=None, help="generator folder both networks start from")
     args = ap.parse_args(argv)
 
     from medidiff.generator.config import load_generator_config
@@ -88,12 +121,19 @@ def main(argv=None) -> int:
     threads = set_threads(1, args.threads)
     cfg = load_generator_config(args.config, args.set)
     splits = [s for s in args.splits.split(",") if s.strip()] or None
+    conditions = None
+    if args.cohort is not None:
+        roles = [r.strip() for r in args.roles.split(",") if r.strip()]
+        args.data, conditions = cohort_manifest(args.cohort, args.real_scans, args.split_csv, roles,
+                                                Path(args.out) / "manifest.csv")
+        splits = ["train"]
     if args.measure:
         print(json.dumps({**measure(cfg, Path(args.data), splits, args.measure), "threads": threads}), flush=True)
         return 0
     report = train_generator(cfg, args.data, args.out, splits=splits, resume=args.resume,
                              max_minutes=args.max_minutes, device=args.device,
-                             log_fn=lambda m: print(m, file=sys.stderr, flush=True))
+                             log_fn=lambda m: print(m, file=sys.stderr, flush=True), conditions=conditions,
+                             init_from=args.init_from)
     brief = {k: ({kk: vv for kk, vv in v.items() if kk != "history"} if isinstance(v, dict) else v)
              for k, v in report.items()}
     print(json.dumps({**brief, "threads": threads}, default=str), flush=True)

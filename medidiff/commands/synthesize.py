@@ -60,6 +60,12 @@ def synthesize(
                                               "memorization check."),
     memorization_threshold: float = typer.Option(0.9, "--memorization-threshold", help="Flag samples whose "
                                                  "subject-specific NCC with a training scan is at least this."),
+    condition: List[str] = typer.Option([], "--condition", help="Conditioned generators: NAME=VALUE for every "
+                                        "sample, repeatable, e.g. --condition age=70 --condition sex=F (names "
+                                        "the generator was trained with; none = unconditional, the default)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale with "
+                                             "--condition (default: the generator's latent.guidance; 1 = plain "
+                                             "conditional model, >1 stronger condition, less diversity)."),
     quality: bool = typer.Option(True, "--quality/--no-quality", help="Write quality.json + quality.png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate requested samples even if present."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -78,6 +84,9 @@ def synthesize(
                 float(v) for v in clip_x0.split(","))
             if clip and len(clip) != 2:
                 raise ValueError("--clip-x0 needs LOW,HIGH or none")
+        from ..generator.conditioning import parse_condition_args
+
+        cond = parse_condition_args(condition) or None
         scfg = SamplerConfig(sampler=sampler.lower(), steps=steps, temperature=temperature, eta=eta, clip_x0=clip,
                              precision=precision, batch_size=batch_size, spacing=spacing.lower())
         opts = SynthOptions(
@@ -85,7 +94,8 @@ def synthesize(
             sampler=scfg, dicom=dicom, with_anomalies=with_anomalies, anomaly_fraction=anomaly_fraction,
             anomaly_kinds=[k.strip() for k in anomaly_kinds.split(",") if k.strip()] if anomaly_kinds else None,
             anomaly_count=anomaly_count, split=split, reference=reference, train_data=train_data,
-            memorization_threshold=memorization_threshold, quality=quality, overwrite=overwrite)
+            memorization_threshold=memorization_threshold, quality=quality, overwrite=overwrite,
+            condition=cond, guidance=guidance)
         summary = synthesize_run(model, out, opts, device=device, progress=progress,
                                  log=lambda m: typer.echo(m, err=True))
     typer.echo(summary.line())

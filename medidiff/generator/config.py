@@ -14,6 +14,7 @@ from ..model.config import AugmentConfig, ConfigError, _from_dict, _tuple, apply
 from ..preprocess import PreprocessConfig
 
 SCHEDULERS = ("rflow", "ddpm")
+CONDITIONS = ("age", "sex")  # the IXI demographics; see medidiff.generator.conditioning
 SECTIONS = ("preprocess", "autoencoder", "latent", "train_autoencoder", "train_latent")
 
 
@@ -62,9 +63,18 @@ class LatentConfig:
     beta_start: float = 0.0015  # ddpm only: the scaled-linear schedule of latent diffusion
     beta_end: float = 0.0195
     default_steps: int = 25  # sampling steps when --steps is not given
+    # conditioning by concatenated channels (medidiff.generator.conditioning): () = unconditional
+    conditioning: tuple[str, ...] = ()
+    age_center: float = 60.0  # age channel = (age - age_center) / age_scale
+    age_scale: float = 15.0
+    guidance: float = 1.0  # default classifier-free guidance scale (1 = plain conditional model)
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in _tuple(self.channels))
+        cond = self.conditioning or ()
+        if isinstance(cond, str):
+            cond = [c.strip() for c in cond.split(",") if c.strip()]
+        self.conditioning = tuple(str(c) for c in cond)
         if self.attention_levels is None:
             self.attention_levels = tuple(i == len(self.channels) - 1 for i in range(len(self.channels)))
         self.attention_levels = tuple(bool(a) for a in _tuple(self.attention_levels))
@@ -80,6 +90,11 @@ class LatentConfig:
             errs.append(f"latent.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if int(self.num_train_timesteps) < 2 or int(self.default_steps) < 1:
             errs.append("latent.num_train_timesteps must be >= 2 and latent.default_steps >= 1")
+        bad = [c for c in self.conditioning if c not in CONDITIONS]
+        if bad or len(set(self.conditioning)) != len(self.conditioning):
+            errs.append(f"latent.conditioning must be distinct names from {CONDITIONS}, got {list(self.conditioning)}")
+        if not self.age_scale > 0 or not self.guidance >= 0:
+            errs.append("latent.age_scale must be > 0 and latent.guidance >= 0")
         return errs
 
 
@@ -100,6 +115,16 @@ class StageConfig:
     kl_weight: float = 1e-6  # autoencoder stage: weight of the KL term (MONAI tutorial value)
     l2_weight: float = 0.0  # autoencoder stage: optional MSE next to L1
     augment_copies: int = 0  # latent stage: augmented copies of each scan encoded once, next to the scan
+    # latent stage of a conditioned generator: probability that a step's item loses all its conditions
+    # (and, independently, each one): the same network then also samples unconditionally and with
+    # classifier-free guidance (Ho & Salimans 2022)
+    condition_dropout: float = 0.2
+    # autoencoder stage: patch-adversarial term (MONAI PatchDiscriminator, least squares), off at 0
+    adv_weight: float = 0.0
+    adv_start: int = 0  # step at which the adversarial term starts (the discriminator trains from then on)
+    disc_channels: int = 16
+    disc_layers: int = 2
+    disc_lr: float | None = None  # None: the stage's lr
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -115,6 +140,10 @@ class StageConfig:
             errs.append(f"{name}.lr must be > 0 and {name}.ema_decay in [0, 1)")
         if self.kl_weight < 0 or self.l2_weight < 0 or self.augment_copies < 0:
             errs.append(f"{name}.kl_weight, l2_weight and augment_copies must be >= 0")
+        if not 0 <= self.condition_dropout < 1:
+            errs.append(f"{name}.condition_dropout must be in [0, 1)")
+        if self.adv_weight < 0 or self.adv_start < 0 or self.disc_channels < 1 or self.disc_layers < 1:
+            errs.append(f"{name}.adv_weight and adv_start must be >= 0, disc_channels and disc_layers >= 1")
         return errs + self.augment.validate()
 
 

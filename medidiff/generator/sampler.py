@@ -10,6 +10,11 @@ U-Net's reverse process, then the autoencoder's decoder.
 Decoded volumes are clamped to ``clip_x0`` (default [0, 2] model units for MRI): model units
 are non-negative (background exactly 0), so negative decoder ringing is removed there.
 Every sample has its own CPU ``torch.Generator``: sample i does not depend on its batch mates.
+
+Conditioned generators (``latent.conditioning``, :mod:`medidiff.generator.conditioning`) take
+one condition per sample (``{"age": 70, "sex": "F"}``, any subset; none = unconditional) and a
+classifier-free guidance scale (default ``latent.guidance``). The initial noise depends on the
+seed only, so one seed under two conditions shows what the condition changes.
 """
 
 from __future__ import annotations
@@ -62,13 +67,56 @@ def rflow_scheduler(latent_cfg):
 
 
 class LatentSampler:
-    """Same interface as :class:`medidiff.sampling.sampler.Sampler`: ``cfg`` and ``sample(seeds)``."""
+    """Same interface as :class:`medidiff.sampling.sampler.Sampler`: ``cfg`` and ``sample(seeds)``;
+    plus ``conditions`` (one per seed, or one for all) and ``guidance``."""
 
-    def __init__(self, loaded: LoadedGenerator, cfg: SamplerConfig | None = None):
+    def __init__(self, loaded: LoadedGenerator, cfg: SamplerConfig | None = None, guidance: float | None = None):
         self.loaded = loaded
         self.cfg = latent_sampler_config(cfg or SamplerConfig(sampler="auto"), loaded)
         self.latent_shape = tuple(loaded.config.latent_shape)
         self.T = int(loaded.config.latent.num_train_timesteps)
+        self.guidance = float(loaded.config.latent.guidance if guidance is None else guidance)
+        if not self.guidance >= 0:
+            raise ValueError(f"guidance must be >= 0, got {guidance}")
+
+    @property
+    def conditioning(self) -> tuple[str, ...]:
+        return tuple(self.loaded.config.latent.conditioning)
+
+    def condition_tensor(self, conditions, n: int) -> torch.Tensor | None:
+        """(n, K) condition channels, or None for an unconditional generator (refuses a condition)."""
+        from .conditioning import check_supported, condition_batch
+
+        if conditions is None or isinstance(conditions, dict):
+            conditions = [conditions] * n
+        conditions = list(conditions)
+        if len(conditions) != n:
+            raise ValueError(f"{len(conditions)} conditions for {n} samples")
+        if not self.conditioning:
+            for c in conditions:
+                check_supported(c, self.loaded.config.latent)  # raises for any key
+            return None
+        return condition_batch(conditions, self.loaded.config.latent)
+
+    def _velocity(self, x: torch.Tensor, t_vec: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The U-Net's prediction, with classifier-free guidance when a condition is set and guidance != 1."""
+        from ..runtime import autocast
+        from .conditioning import with_channels
+
+        dev = self.loaded.device
+        unet = self.loaded.unet
+        if cond is None:
+            with autocast(dev, self.cfg.precision):
+                return unet(x, timesteps=t_vec).float()
+        cond = cond.to(dev)
+        with autocast(dev, self.cfg.precision):
+            out = unet(with_channels(x, cond), timesteps=t_vec).float()
+        if self.guidance != 1.0 and bool((cond != 0).any()):
+            with autocast(dev, self.cfg.precision):
+                unc = unet(with_channels(x, torch.zeros_like(cond)), timesteps=t_vec).float()
+            has = (cond != 0).any(dim=1).float()[:, None, None, None, None]  # unconditioned items: no mixing
+            out = unc + (1.0 + has * (self.guidance - 1.0)) * (out - unc)
+        return out
 
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -77,20 +125,17 @@ class LatentSampler:
 
     @torch.no_grad()
     def sample_latents(self, noise: torch.Tensor, seeds: Sequence[int],
-                       on_step: Callable[[int], None] | None = None) -> torch.Tensor:
-        from ..runtime import autocast
-
+                       on_step: Callable[[int], None] | None = None, conditions=None) -> torch.Tensor:
         dev = self.loaded.device
         x = noise.to(dev)
-        unet = self.loaded.unet
+        cond = self.condition_tensor(conditions, len(seeds))
         if self.cfg.sampler == "rflow":
             sched = rflow_scheduler(self.loaded.config.latent)
             sched.set_timesteps(int(self.cfg.steps), device="cpu")
             ts = sched.timesteps
             nexts = torch.cat((ts[1:], torch.tensor([0], dtype=ts.dtype)))
             for i, (t, t_next) in enumerate(zip(ts, nexts)):
-                with autocast(dev, self.cfg.precision):
-                    v = unet(x, timesteps=torch.Tensor((t,)).to(dev)).float()
+                v = self._velocity(x, torch.Tensor((t,)).to(dev), cond)
                 x, _ = sched.step(v, t, x, t_next)
                 if on_step is not None:
                     on_step(i + 1)
@@ -102,8 +147,7 @@ class LatentSampler:
         tau = float(self.cfg.temperature)
         for i, t in enumerate(ts):
             t_vec = torch.full((x.shape[0],), int(t), dtype=torch.long)
-            with autocast(dev, self.cfg.precision):
-                out = unet(x, timesteps=t_vec.to(dev)).float()
+            out = self._velocity(x, t_vec.to(dev), cond)
             x0 = predict_x0(out, x, t_vec, sched, "epsilon")
             eps = predict_eps(out, x, t_vec, sched, "epsilon")
             a_s = float(acp[ts[i + 1]]) if i + 1 < len(ts) else 1.0
@@ -123,6 +167,8 @@ class LatentSampler:
             img = img.clamp(*self.cfg.clip_x0)
         return img[:, 0].cpu().numpy().astype(np.float32)
 
-    def sample(self, seeds: Sequence[int], on_step: Callable[[int], None] | None = None) -> np.ndarray:
-        """Volumes for ``seeds``: array (B, D, H, W) float32 on the model grid, model units."""
-        return self.decode(self.sample_latents(self.initial_noise(seeds), seeds, on_step))
+    def sample(self, seeds: Sequence[int], on_step: Callable[[int], None] | None = None,
+               conditions=None) -> np.ndarray:
+        """Volumes for ``seeds``: array (B, D, H, W) float32 on the model grid, model units.
+        ``conditions``: None (unconditional), one dict for all, or one dict (or None) per seed."""
+        return self.decode(self.sample_latents(self.initial_noise(seeds), seeds, on_step, conditions))

@@ -39,9 +39,14 @@ def build_autoencoder(cfg: AutoencoderConfig) -> torch.nn.Module:
 
 
 def build_latent_unet(cfg: LatentConfig, latent_channels: int) -> torch.nn.Module:
+    """The latent U-Net; a conditioned generator has ``2 * len(cfg.conditioning)`` more input
+    channels (:mod:`medidiff.generator.conditioning`)."""
     from monai.networks.nets import DiffusionModelUNet
 
-    return DiffusionModelUNet(spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels,
+    from .conditioning import n_channels
+
+    return DiffusionModelUNet(spatial_dims=3, in_channels=latent_channels + n_channels(cfg),
+                              out_channels=latent_channels,
                               channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels),
                               num_res_blocks=cfg.num_res_blocks, norm_num_groups=cfg.norm_num_groups,
                               num_head_channels=cfg.num_head_channels, use_flash_attention=True)
@@ -121,8 +126,13 @@ def load_generator(model_dir: str | Path, device: str | torch.device = "cpu") ->
     except Exception as exc:
         raise CheckpointError(f"{model_dir / META_FILE}: bad generator config ({exc})") from exc
     header = _stored_header(wpath)
-    stored_cfg = json.loads(header.get("config", "null"))
-    if stored_cfg != json.loads(json.dumps(cfg.to_dict(), sort_keys=True, default=json_default)) or \
+    try:  # re-read through GeneratorConfig: options added since (at their defaults) still match
+        raw_cfg = header.get("config")
+        stored_cfg = GeneratorConfig.from_dict(json.loads(raw_cfg)).to_dict() if raw_cfg else None
+    except Exception:
+        stored_cfg = None
+    if json.loads(json.dumps(stored_cfg, sort_keys=True, default=json_default)) != \
+            json.loads(json.dumps(cfg.to_dict(), sort_keys=True, default=json_default)) or \
             float(header.get("scale_factor", "nan")) != float(meta.get("scale_factor", "nan")):
         raise CheckpointError(f"{model_dir / META_FILE}: config or scale_factor differs from the one stored with the "
                               "weights; restore the original model.json")

@@ -13,8 +13,15 @@ Both stages run ``max_steps`` steps; a call with ``max_minutes`` stops at a chec
 budget is spent, and ``resume=True`` continues bit for bit (data order, noise and augmentation
 are functions of (seed, step); the global RNG state travels in the train state). Wall and CPU
 seconds (``time.process_time``: all threads of the process) add up over resumed runs.
-Perceptual and adversarial losses of Pinaya et al. are left out: on a CPU budget they cost more
-than the latent U-Net itself; L1 + a small KL keeps the latent smooth enough for diffusion.
+A perceptual loss (Pinaya et al.) is left out: it needs a pretrained network, and nothing may be
+downloaded. A patch-adversarial term (MONAI ``PatchDiscriminator``, least squares, weight
+``train_autoencoder.adv_weight`` from step ``adv_start``) is available to sharpen the decoder;
+its discriminator and optimiser are saved next to the stage (``RUN/autoencoder/discriminator/``).
+
+Warm start (``init_from``): both networks start from another generator folder (e.g. the bundled
+one); a conditioned U-Net takes the unconditional first convolution with zero weights for its
+condition channels. Conditioning (``conditions``: per training scan, ``{"age", "sex"}``) enters
+the latent stage only; each latent carries the condition of the scan it was encoded from.
 """
 
 from __future__ import annotations
@@ -119,6 +126,7 @@ class Stage:
         self.history: list[dict[str, Any]] = []
         self.wall_seconds = 0.0
         self.cpu_seconds = 0.0
+        self.extras: list[Any] = []  # objects with save(folder) / resume(folder) (e.g. the discriminator)
 
     @property
     def finished(self) -> bool:
@@ -136,10 +144,14 @@ class Stage:
         self.history = list(meta.get("history", []))
         self.wall_seconds = float(meta.get("wall_seconds", 0.0))
         self.cpu_seconds = float(meta.get("cpu_seconds", 0.0))
+        for extra in self.extras:
+            extra.resume(self.out, self.step)
         return True
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        for extra in self.extras:  # first: the stage's own train_state.json is the commit point
+            extra.save(self.out, self.step)
         raw = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         ema = {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
         ckpt.save_train_state(self.out, step=self.step, optimizer=self.opt, lr_scheduler=self.lr_sched,
@@ -164,10 +176,15 @@ class Stage:
         with autocast_ctx(self.precision, self.device):
             loss, parts = self.loss_fn(self.net, self.step)
         self.opt.zero_grad(set_to_none=True)
-        loss.float().backward()
-        if self.scfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), float(self.scfg.grad_clip))
-        self.opt.step()
+        if not torch.isfinite(loss.detach()).all():
+            # a non-finite loss would poison the weights and their EMA: skip this update, count it
+            log.warning("%s step %d: non-finite loss, update skipped", self.name, self.step + 1)
+            parts = {**parts, "skipped_nonfinite": 1.0}
+        else:
+            loss.float().backward()
+            if self.scfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), float(self.scfg.grad_clip))
+            self.opt.step()
         self.lr_sched.step()
         self._ema_update()
         self.step += 1
@@ -206,7 +223,8 @@ class Stage:
                 break
             window.append(self.train_step())
             if self.step % int(self.scfg.log_every) == 0 or self.finished:
-                row = {"step": self.step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
+                keys = list(dict.fromkeys(k for w in window for k in w))  # a term may start mid-window
+                row = {"step": self.step, **{k: float(np.mean([w[k] for w in window if k in w])) for k in keys},
                        "lr": float(self.lr_sched.get_last_lr()[0])}
                 self.history.append(row)
                 window = []
@@ -239,7 +257,66 @@ class Stage:
 
 # ----------------------------------------------------------------------------- losses
 
-def autoencoder_loss(data: PreparedData, scfg: StageConfig):
+class Discriminator:
+    """The patch discriminator of the autoencoder stage (MONAI ``PatchDiscriminator``, instance norm,
+    least-squares ``PatchAdversarialLoss``), its AdamW optimiser and their checkpoint."""
+
+    def __init__(self, scfg: StageConfig, device: torch.device):
+        from monai.losses import PatchAdversarialLoss
+        from monai.networks.nets import PatchDiscriminator
+
+        self.net = PatchDiscriminator(spatial_dims=3, num_layers_d=int(scfg.disc_layers),
+                                      channels=int(scfg.disc_channels), in_channels=1, out_channels=1,
+                                      norm="INSTANCE").to(device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=float(scfg.disc_lr or scfg.lr), betas=(0.5, 0.9))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0)
+        self.loss = PatchAdversarialLoss(criterion="least_squares")
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 outside autocast: instance norm over few voxels is fragile in bf16 (NaN seen in tests)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.net(x.contiguous().float())[-1]
+
+    def update(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+        """One discriminator step on real and (detached) reconstructed volumes."""
+        self.net.train()
+        d_loss = 0.5 * (self.loss(self.logits(fake.detach()), target_is_real=False, for_discriminator=True)
+                        + self.loss(self.logits(real), target_is_real=True, for_discriminator=True))
+        self.opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt.step()
+        return float(d_loss.detach())
+
+    def generator_term(self, fake: torch.Tensor) -> torch.Tensor:
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        try:
+            return self.loss(self.logits(fake), target_is_real=True, for_discriminator=False)
+        finally:
+            for p in self.net.parameters():
+                p.requires_grad_(True)
+
+    def save(self, folder: Path, step: int) -> None:
+        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        sub = folder / "discriminator"
+        sub.mkdir(parents=True, exist_ok=True)
+        ckpt.save_train_state(sub, step=step, optimizer=self.opt, lr_scheduler=self.sched, ema_state=state,
+                              raw_state=state, scalars={})
+
+    def resume(self, folder: Path, step: int) -> None:
+        sub = folder / "discriminator"
+        if not (sub / ckpt.STATE_META_FILE).is_file():
+            raise ckpt.CheckpointError(f"{sub}: the discriminator's state is missing; cannot resume exactly")
+        rng = ckpt._rng_states()  # the stage's own RNG state was restored first: keep it
+        tensors, meta = ckpt.load_train_state(sub)
+        if int(meta["step"]) != int(step):
+            log.warning("%s: discriminator saved at step %s, autoencoder at %s", sub, meta["step"], step)
+        ckpt.restore_train_state(tensors, meta, model=self.net, ema_model=copy.deepcopy(self.net),
+                                 optimizer=self.opt, lr_scheduler=self.sched)
+        ckpt._set_rng_states(*rng)
+
+
+def autoencoder_loss(data: PreparedData, scfg: StageConfig, disc: Discriminator | None = None):
     def loss_fn(ae: torch.nn.Module, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         dev = next(ae.parameters()).device
         x = torch.from_numpy(make_batch(data, step, scfg.batch_size, 0, 1, scfg.seed, scfg.augment)).to(dev)
@@ -254,13 +331,21 @@ def autoencoder_loss(data: PreparedData, scfg: StageConfig):
             l2 = (recon - x).pow(2).mean()
             loss = loss + float(scfg.l2_weight) * l2
             parts["l2"] = float(l2.detach())
+        if disc is not None and step >= int(scfg.adv_start):
+            parts["d_loss"] = disc.update(x, recon)
+            g = disc.generator_term(recon)
+            loss = loss + float(scfg.adv_weight) * g
+            parts["g_adv"] = float(g.detach())
         return loss, parts
 
     return loss_fn
 
 
-def latent_loss(latents: torch.Tensor, cfg: GeneratorConfig):
-    """MSE on the velocity (rflow: target z0 - noise) or on the noise (ddpm)."""
+def latent_loss(latents: torch.Tensor, cfg: GeneratorConfig, cond: torch.Tensor | None = None):
+    """MSE on the velocity (rflow: target z0 - noise) or on the noise (ddpm). ``cond``: (N, K)
+    condition channels of the N latents (conditioned generators), dropped per item with
+    ``train_latent.condition_dropout`` from a stream of its own."""
+    from .conditioning import drop_conditions, with_channels
     from .sampler import ddpm_latent_scheduler, rflow_scheduler
 
     scfg, lcfg = cfg.train_latent, cfg.latent
@@ -275,12 +360,16 @@ def latent_loss(latents: torch.Tensor, cfg: GeneratorConfig):
         z0 = latents[idx].to(dev)
         g = torch.Generator().manual_seed(step_seed(scfg.seed, step, 0, stream=7))
         noise = torch.randn(z0.shape, generator=g).to(dev)
+        c = None
+        if cond is not None:
+            gc = torch.Generator().manual_seed(step_seed(scfg.seed, step, 0, stream=11))
+            c = drop_conditions(cond[idx], float(scfg.condition_dropout), gc).to(dev)
         if lcfg.scheduler == "rflow":
             t = (torch.rand(len(idx), generator=g) * T).to(dev)
-            v = unet(sched.add_noise(z0, noise, t), timesteps=t).float()
+            v = unet(with_channels(sched.add_noise(z0, noise, t), c), timesteps=t).float()
             return (v - (z0 - noise)).pow(2).mean(), {}
         t = torch.randint(0, T, (len(idx),), generator=g)
-        eps = unet(add_noise(sched, z0, noise, t), timesteps=t.to(dev)).float()
+        eps = unet(with_channels(add_noise(sched, z0, noise, t), c), timesteps=t.to(dev)).float()
         return (eps - noise).pow(2).mean(), {}
 
     return loss_fn
@@ -339,13 +428,55 @@ def _stage_done(run_dir: Path, name: str) -> tuple[int, int] | None:
     return int(meta["step"]), int(meta.get("max_steps", 0))
 
 
+def scan_conditions(cfg: GeneratorConfig, scan_ids: Sequence[str],
+                    conditions: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The condition of every training scan (canonical, only the generator's condition names), or
+    None for an unconditional generator. Refuses a conditioned generator without any condition."""
+    from .conditioning import canonical
+
+    names = tuple(cfg.latent.conditioning)
+    if not names:
+        return None
+    conditions = conditions or {}
+    out = [{k: v for k, v in canonical(conditions.get(sid)).items() if k in names} for sid in scan_ids]
+    if not any(out):
+        raise ValueError(f"latent.conditioning={list(names)} but no training scan has a condition (give the "
+                         "training scans' age/sex, e.g. pipelines/train_generator.py --cohort)")
+    return out
+
+
+def conditioning_summary(conds: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """What the conditioned generator saw in training: age range and count, sexes (for model.json)."""
+    if conds is None:
+        return None
+    ages = [c["age"] for c in conds if "age" in c]
+    sexes = [c["sex"] for c in conds if "sex" in c]
+    return {"n_scans": len(conds), "n_with_age": len(ages),
+            "age_min": min(ages) if ages else None, "age_max": max(ages) if ages else None,
+            "age_median": float(np.median(ages)) if ages else None,
+            "sex_counts": {s: sexes.count(s) for s in sorted(set(sexes))}}
+
+
+def _init_states(init_from: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
+    """EMA weights of both networks of a generator folder (hash checked), and its hash."""
+    from .store import load_generator
+
+    loaded = load_generator(init_from, "cpu")
+    return ({k: v.clone() for k, v in loaded.autoencoder.state_dict().items()},
+            {k: v.clone() for k, v in loaded.unet.state_dict().items()}, loaded.model_hash)
+
+
 def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, splits: Sequence[str] | None = None,
                     resume: bool = False, max_minutes: float | None = None, max_new_steps: int | None = None,
-                    device: str = "cpu", log_fn: Callable[[str], None] = print) -> dict[str, Any]:
+                    device: str = "cpu", log_fn: Callable[[str], None] = print,
+                    conditions: dict[str, dict[str, Any]] | None = None,
+                    init_from: str | Path | None = None) -> dict[str, Any]:
     """Stage 1 until its max_steps, then stage 2, within ``max_minutes`` of wall clock and
     ``max_new_steps`` steps of both stages together (None: no limit). Without ``resume`` the run
-    folder must not hold a started run."""
+    folder must not hold a started run. ``conditions``: scan id -> ``{"age", "sex"}`` for a
+    conditioned generator; ``init_from``: a generator folder both networks start from."""
     from ..runtime import resolve_device
+    from .conditioning import condition_batch, load_widened
 
     run_dir = Path(out)
     dev = resolve_device(device)
@@ -353,12 +484,26 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
         raise ValueError(f"{run_dir} already holds a generator run; pass --resume to continue it or use another --out")
     deadline = time.monotonic() + 60.0 * float(max_minutes) if max_minutes else None
     data_ = load_training_data(data, cfg, run_dir, splits, log_fn)
-    base = {"preprocess": cfg.to_dict()["preprocess"], "scan_ids": data_.scan_ids}
+    conds = scan_conditions(cfg, data_.scan_ids, conditions)
+    init = _init_states(init_from) if init_from else None
+    base = {"preprocess": cfg.to_dict()["preprocess"], "scan_ids": data_.scan_ids,
+            **({"init_from": init[2]} if init else {})}
 
     torch.manual_seed(cfg.train_autoencoder.seed)
-    ae_stage = Stage("autoencoder", build_autoencoder(cfg.autoencoder), cfg.train_autoencoder, run_dir / "autoencoder",
+    ae_net = build_autoencoder(cfg.autoencoder)
+    if init:
+        try:
+            ae_net.load_state_dict(init[0], strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"--init-from {init_from}: its autoencoder does not fit autoencoder.* of this config "
+                             f"({str(exc)[:200]})") from exc
+    sa = cfg.train_autoencoder
+    disc = Discriminator(sa, dev) if sa.adv_weight > 0 else None
+    ae_stage = Stage("autoencoder", ae_net, sa, run_dir / "autoencoder",
                      {**base, "autoencoder": cfg.to_dict()["autoencoder"], "train": cfg.to_dict()["train_autoencoder"]},
-                     autoencoder_loss(data_, cfg.train_autoencoder), dev)
+                     autoencoder_loss(data_, sa, disc), dev)
+    if disc is not None:
+        ae_stage.extras.append(disc)
     if resume and ae_stage.resume():
         log_fn(f"autoencoder: resumed at step {ae_stage.step}")
     report: dict[str, Any] = {"run_dir": str(run_dir), "stopped": None}
@@ -380,9 +525,23 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
     latents, scale = encode_training_set(ae_stage.ema, data_, cfg, run_dir / "latent", ae_hash, log_fn)
     torch.manual_seed(cfg.train_latent.seed)
     unet = build_latent_unet(cfg.latent, cfg.autoencoder.latent_channels)
+    if init:
+        try:
+            widened = load_widened(unet, init[1])
+        except RuntimeError as exc:
+            raise ValueError(f"--init-from {init_from}: its latent U-Net does not fit latent.* of this config "
+                             f"({str(exc)[:200]})") from exc
+        if widened:
+            log_fn(f"latent: condition channels added to {', '.join(widened)} (zero-initialised)")
+    per_copy = 1 + int(cfg.train_latent.augment_copies)
+    cond_t = None
+    if conds is not None:  # latents are ordered scan-major: latent k comes from scan k // per_copy
+        cond_t = condition_batch([conds[k // per_copy] for k in range(len(latents))], cfg.latent)
     lat_stage = Stage("latent", unet, cfg.train_latent, run_dir / "latent",
                       {**base, "latent": cfg.to_dict()["latent"], "train": cfg.to_dict()["train_latent"],
-                       "autoencoder_state": ae_hash, "scale_factor": scale}, latent_loss(latents, cfg), dev)
+                       "autoencoder_state": ae_hash, "scale_factor": scale,
+                       **({"conditions": conds} if conds is not None else {})},
+                      latent_loss(latents, cfg, cond_t), dev)
     if resume and lat_stage.resume():
         log_fn(f"latent: resumed at step {lat_stage.step}")
 
@@ -392,7 +551,10 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
                              "cpu_seconds_total": round(ae_stage.cpu_seconds + stage.cpu_seconds, 1),
                              "wall_seconds_total": round(ae_stage.wall_seconds + stage.wall_seconds, 1),
                              "n_latents": int(len(latents))},
-                "training_data": data_.summary, "steps": stage.step}
+                "training_data": {**data_.summary, "scan_ids": data_.scan_ids},
+                "conditioning": conditioning_summary(conds),
+                **({"init_from": {"path": str(init_from), "model_hash": init[2]}} if init else {}),
+                "steps": stage.step}
         save_generator(run_dir, cfg, ae_state, unet_state, scale, meta)
         _plot(run_dir, ae_stage, stage)
 

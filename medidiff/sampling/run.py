@@ -22,6 +22,12 @@ brain) of the training normalisation (background 0, brain ~[0, 1], bright tail
 above 1 kept); CT = HU window mapped to [0, 1]. DICOM stores the same model
 units through RescaleSlope (MR), or HU for CT (the inverse of the window map).
 
+Conditioned latent generators (``latent.conditioning``: age, sex) take a condition
+(``--condition age=70 --condition sex=F``: every sample; or ``SynthOptions.conditions``: one per
+index, cycled) and a classifier-free guidance scale; each sidecar records its sample's
+condition, and a folder never mixes samples of two conditions for one index. Without a
+condition a conditioned generator samples unconditionally (the default).
+
 Sample ``i`` uses seed ``base_seed + i`` (or the i-th of ``--seeds``); its image,
 its healthy/anomalous label (index-based, see :func:`is_anomalous`) and its
 anomalies depend only on (seed, index, settings), so one sample can be
@@ -52,11 +58,12 @@ PREFIX = "synth"
 SIDE_DIR = "samples"
 # Settings that change a sample's content: a folder never mixes samples made with different values.
 CONTENT_KEYS = ("model_hash", "sampler", "steps", "spacing", "temperature", "eta", "clip_x0", "noise",
-                "with_anomalies", "anomaly_fraction", "anomaly_kinds", "anomaly_count")
+                "with_anomalies", "anomaly_fraction", "anomaly_kinds", "anomaly_count", "guidance")
 LABEL_COLUMNS = ["scan_id", "split", "path", "label", "mask_path", "anomaly_types", "lesion_volume_mm3",
                  "n_anomalies", "orientation", "shape", "spacing_mm", "seed", "index", "clean_path"]
 MANIFEST_COLUMNS = ["scan_id", "index", "file", "seed", "steps", "spacing", "sampler", "temperature", "eta", "model_hash",
-                    "seconds", "label", "mask", "anomaly_types", "dicom_dir", "clean_file", "precision", "created"]
+                    "seconds", "label", "mask", "anomaly_types", "dicom_dir", "clean_file", "precision", "created",
+                    "condition", "guidance"]
 
 
 class SynthConflict(Exception):
@@ -82,6 +89,18 @@ class SynthOptions:
     quality: bool = True
     overwrite: bool = False
     reference_limit: int | None = None
+    condition: dict[str, Any] | None = None  # conditioned generators: the condition of every sample
+    conditions: Sequence[dict[str, Any] | None] | None = None  # or one per index (cycled), e.g. real demographics
+    guidance: float | None = None  # classifier-free guidance scale (None: the generator's latent.guidance)
+
+    def condition_for(self, index: int) -> dict[str, Any] | None:
+        from ..generator.conditioning import canonical
+
+        if self.conditions:
+            c = self.conditions[int(index) % len(self.conditions)]
+        else:
+            c = self.condition
+        return canonical(c) or None
 
 
 @dataclass
@@ -171,6 +190,11 @@ def _rel(path: Path, out: Path) -> str:
 
 # ----------------------------------------------------------------------------- manifest + labels
 
+def condition_text(cond: dict[str, Any] | None) -> str:
+    """``age=70;sex=F`` (keys sorted), '' when unconditional."""
+    return ";".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted((cond or {}).items()))
+
+
 def rebuild_outputs(out: str | Path, run_settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """manifest.csv / manifest.json (and labels.csv + lesions.json when any sample carries a label)
     from the per-sample sidecars; complete samples only."""
@@ -183,6 +207,7 @@ def rebuild_outputs(out: str | Path, run_settings: dict[str, Any] | None = None)
         row = dict(r)
         row["anomaly_types"] = ";".join(r.get("anomaly_types") or [])
         row["label"] = "" if r.get("label") is None else r["label"]
+        row["condition"] = condition_text(r.get("condition"))
         w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in MANIFEST_COLUMNS})
     write_text_atomic(out / "manifest.csv", buf.getvalue())
     previous = {}
@@ -307,7 +332,7 @@ def _finish_sample(out: Path, image: np.ndarray, index: int, seed: int, settings
 
 # ----------------------------------------------------------------------------- entry point
 
-def open_generator(model: str | Path, device, scfg: SamplerConfig):
+def open_generator(model: str | Path, device, scfg: SamplerConfig, guidance: float | None = None):
     """(loaded model, sampler, noise kind, model kind) for a pixel-space model folder
     (``medidiff train``) or a latent-diffusion generator folder (``pipelines/train_generator.py``)."""
     from ..generator.store import KIND, model_kind
@@ -317,7 +342,9 @@ def open_generator(model: str | Path, device, scfg: SamplerConfig):
         from ..generator.store import load_generator
 
         loaded = load_generator(model, device)
-        return loaded, LatentSampler(loaded, scfg), f"latent_{loaded.config.latent.scheduler}", KIND
+        return loaded, LatentSampler(loaded, scfg, guidance), f"latent_{loaded.config.latent.scheduler}", KIND
+    if guidance is not None:
+        raise ValueError("--guidance needs a conditioned latent-diffusion generator")
     from ..train.checkpoint import load_model
     from .sampler import Sampler
 
@@ -337,10 +364,12 @@ def grid_affine(pcfg) -> np.ndarray:
     return model_affine(spacing, pcfg.grid, (0.0, 0.0, 0.0))
 
 
-def _settings(loaded, scfg: SamplerConfig, opts: SynthOptions, precision: str, noise: str) -> dict[str, Any]:
+def _settings(loaded, scfg: SamplerConfig, opts: SynthOptions, precision: str, noise: str,
+              guidance: float | None = None) -> dict[str, Any]:
     from ..lesions.anomalies import KINDS
 
     return {
+        "guidance": guidance,
         "model_hash": loaded.model_hash,
         "sampler": scfg.sampler, "steps": int(scfg.steps), "spacing": scfg.spacing, "temperature": float(scfg.temperature),
         "eta": float(scfg.eta), "clip_x0": list(scfg.clip_x0) if scfg.clip_x0 else None,
@@ -352,8 +381,11 @@ def _settings(loaded, scfg: SamplerConfig, opts: SynthOptions, precision: str, n
     }
 
 
-def _differences(rec: dict[str, Any], settings: dict[str, Any], seed: int) -> list[str]:
+def _differences(rec: dict[str, Any], settings: dict[str, Any], seed: int,
+                 condition: dict[str, Any] | None = None) -> list[str]:
     diffs = [f"{k}: {rec.get(k)!r} -> {settings.get(k)!r}" for k in CONTENT_KEYS if rec.get(k) != settings.get(k)]
+    if (rec.get("condition") or None) != (condition or None):
+        diffs.append(f"condition: {condition_text(rec.get('condition')) or 'none'} -> {condition_text(condition) or 'none'}")
     if int(rec.get("seed", -1)) != int(seed):
         diffs.append(f"seed: {rec.get('seed')} -> {seed}")
     return diffs
@@ -375,15 +407,23 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
     out = Path(out)
     pairs = plan(opts)
     set_threads()
-    loaded, sampler, noise, kind = open_generator(model, resolve_device(device), opts.sampler)
+    loaded, sampler, noise, kind = open_generator(model, resolve_device(device), opts.sampler, opts.guidance)
     scfg = sampler.cfg
+    conditioned = bool(getattr(sampler, "conditioning", ()))
+    cond_of = {idx: opts.condition_for(idx) for idx, _ in pairs}
+    if kind != "latent_diffusion" and any(cond_of.values()):
+        raise ValueError("--condition needs a conditioned latent-diffusion generator; this is a pixel-space model")
+    if kind == "latent_diffusion":
+        for c in {condition_text(c): c for c in cond_of.values()}.values():
+            sampler.condition_tensor(c, 1)  # refuses a condition the generator was not trained with
+    guidance = float(sampler.guidance) if conditioned else None
     try:
         from ..runtime import resolve_precision
 
         precision = resolve_precision(scfg.precision, loaded.device)
     except ImportError:  # older runtime module
         precision = scfg.precision
-    settings = _settings(loaded, scfg, opts, precision, noise)
+    settings = _settings(loaded, scfg, opts, precision, noise, guidance)
     pcfg = loaded.preprocess_config
     spacing = tuple(float(s) for s in pcfg.spacing)
     affine = grid_affine(pcfg)
@@ -391,6 +431,7 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
     run_settings = {**settings, "model_kind": kind, "base_seed": int(opts.base_seed), "grid": list(pcfg.grid),
                     "spacing_mm": list(spacing), "affine": affine.tolist(), "units": "model",
                     "space": pcfg.space, "batch_size": int(scfg.batch_size),
+                    "conditioning": list(getattr(sampler, "conditioning", ())),
                     "intensity_note": ("MRI: white-matter median = 0.8 (background 0)" if pcfg.intensity == "wm_median"
                                        else "MRI: x / p99.5 inside the brain (background 0, brain ~[0, 1])")
                     + "; CT: HU window mapped to [0, 1]"}
@@ -405,7 +446,7 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
         if rec is None or not _complete(out, rec):
             todo.append((idx, seed))
             continue
-        diffs = _differences(rec, settings, seed)
+        diffs = _differences(rec, settings, seed, cond_of[idx])
         if diffs and not opts.overwrite:
             conflicts.append(f"{rec['scan_id']}: " + ", ".join(diffs))
         elif diffs or opts.overwrite:
@@ -421,7 +462,9 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
     out.mkdir(parents=True, exist_ok=True)
     log(f"synthesize: {len(pairs)} sample(s) requested, {n_existing} already in {out}, {len(todo)} to generate "
         f"({scfg.sampler}, {scfg.steps} steps, temperature {scfg.temperature:g}, batch {scfg.batch_size}, "
-        f"grid {list(pcfg.grid)} at {list(spacing)} mm, {precision})")
+        f"grid {list(pcfg.grid)} at {list(spacing)} mm, {precision})"
+        + (f"; conditions: {', '.join(sorted({condition_text(c) or 'none' for c in cond_of.values()}))}, "
+           f"guidance {guidance:g}" if conditioned else ""))
 
     gen_seconds = 0.0
     n_done = 0
@@ -450,12 +493,17 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
                                + (" ..." if len(chunk) > 2 else ""))
                     b = len(chunk)
                     t0 = time.perf_counter()
-                    images = sampler.sample([s for _, s in chunk], on_step=lambda k: bar.advance(task, b))
+                    if kind == "latent_diffusion":
+                        images = sampler.sample([s for _, s in chunk], on_step=lambda k: bar.advance(task, b),
+                                                conditions=[cond_of[i] for i, _ in chunk])
+                    else:
+                        images = sampler.sample([s for _, s in chunk], on_step=lambda k: bar.advance(task, b))
                     dt = time.perf_counter() - t0
                     gen_seconds += dt
                     for k, (idx, seed) in enumerate(chunk):
                         _finish_sample(out, images[k], idx, seed, settings, opts, affine, spacing, modality,
-                                       pcfg.ct_window, dt / b, {"batch_size": b, "batch_seconds": round(dt, 4)})
+                                       pcfg.ct_window, dt / b, {"batch_size": b, "batch_seconds": round(dt, 4),
+                                                                "condition": cond_of[idx]})
                         n_done += 1
                     bar.update(task, samples=f"{n_done}/{len(todo)} samples")
     finally:
