@@ -16,22 +16,27 @@ from .common import BASELINE_DIR, BaselineError, BaselineMethod, run_baseline
 NAMES = ("intensity", "intensity-hyper", "intensity-hypo", "intensity-abs", "normative", "autoencoder")
 
 
+DEFAULT_PREPROCESS = "default_preprocess.yaml"  # package data: the bundled model's preprocessing
+
+
 def load_preprocess_config(source: str | Path | None) -> PreprocessConfig:
     """Preprocessing from a YAML with a ``preprocess:`` section, or a medidiff
-    model folder (its model.json); the defaults (= configs/sample_model.yaml) when None."""
-    if source is None:
-        default = Path(__file__).resolve().parents[2] / "configs" / "sample_model.yaml"
-        if not default.is_file():
-            return PreprocessConfig()
-        source = default
-    source = Path(source)
-    if source.is_dir():
-        from ..train.checkpoint import read_metadata
-
-        return PreprocessConfig.from_dict(read_metadata(source)["config"]["preprocess"])
+    model folder (its model.json); the bundled model's (= configs/sample_model.yaml's, shipped in
+    the package as ``default_preprocess.yaml``, so installed and checkout runs agree) when None."""
     import yaml
 
-    d = yaml.safe_load(source.read_text()) or {}
+    if source is None:
+        from importlib.resources import files
+
+        text = (files(__package__) / DEFAULT_PREPROCESS).read_text()
+    else:
+        source = Path(source)
+        if source.is_dir():
+            from ..train.checkpoint import read_metadata
+
+            return PreprocessConfig.from_dict(read_metadata(source)["config"]["preprocess"])
+        text = source.read_text()
+    d = yaml.safe_load(text) or {}
     return PreprocessConfig.from_dict(d.get("preprocess", d))
 
 

@@ -14,8 +14,8 @@ into the one resampling onto the model grid (template space) and back.
 
 from .config import FrontEndConfig
 from .qc import QCFailed
-from .run import FrontEndResult, run_frontend
+from .run import FrontEndResult, frontend_memo, run_frontend
 from .template import Template, load_template, template_grid_affine
 
-__all__ = ["FrontEndConfig", "FrontEndResult", "QCFailed", "Template", "load_template", "run_frontend",
-           "template_grid_affine"]
+__all__ = ["FrontEndConfig", "FrontEndResult", "QCFailed", "Template", "frontend_memo", "load_template",
+           "run_frontend", "template_grid_affine"]

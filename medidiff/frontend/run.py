@@ -8,12 +8,15 @@ result back through its exact inverse.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
 from collections import OrderedDict
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -74,8 +77,81 @@ def work_box(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[in
     return aff, shape
 
 
-_CACHE: "OrderedDict[str, FrontEndResult]" = OrderedDict()
-CACHE_SIZE = 256  # scans (~2 MB each); a benchmark scores the same ~150 scans under many settings
+# ----------------------------------------------------------------------------- opt-in memo
+
+DEFAULT_MEMO_MB = 1024  # MEDIDIFF_FRONTEND_MEMO_MB overrides; a 1 mm head's result is ~15-20 MB
+
+
+def result_bytes(result: FrontEndResult) -> int:
+    arrays = (result.brain_source, result.log_bias, result.warp, result.template_to_scan, result.work_affine)
+    return int(sum(a.nbytes for a in arrays if a is not None)) + 4096
+
+
+class FrontEndMemo:
+    """Front-end results of scans seen in this block, least recently used dropped first so that
+    their arrays never hold more than ``max_bytes``. Off unless :func:`frontend_memo` is active:
+    normal scoring keeps nothing, and a timing is never of a memoised front end."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._items: "OrderedDict[str, tuple[FrontEndResult, int]]" = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> FrontEndResult | None:
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: str, result: FrontEndResult) -> None:
+        size = result_bytes(result)
+        if size > self.max_bytes:
+            return
+        if key in self._items:
+            self.bytes -= self._items.pop(key)[1]
+        self._items[key] = (result, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self.bytes -= self._items.popitem(last=False)[1][1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_MEMO: ContextVar[FrontEndMemo | None] = ContextVar("medidiff_frontend_memo", default=None)
+
+
+def default_memo_bytes() -> int:
+    try:
+        mb = float(os.environ.get("MEDIDIFF_FRONTEND_MEMO_MB", "") or DEFAULT_MEMO_MB)
+    except ValueError:
+        mb = DEFAULT_MEMO_MB
+    return int(max(mb, 0) * 2**20)
+
+
+@contextlib.contextmanager
+def frontend_memo(max_bytes: int | None = None) -> Iterator[FrontEndMemo]:
+    """Reuse front-end results of identical scans inside this block (settings searches, benchmarks;
+    :func:`medidiff.score.cache.first_pass_cache` enters it). Nested blocks share the outer memo."""
+    outer = _MEMO.get()
+    if outer is not None:
+        yield outer
+        return
+    memo = FrontEndMemo(default_memo_bytes() if max_bytes is None else max_bytes)
+    token = _MEMO.set(memo)
+    try:
+        yield memo
+    finally:
+        _MEMO.reset(token)
+
+
+def active_memo() -> FrontEndMemo | None:
+    return _MEMO.get()
 
 
 def _cache_key(volume: Volume, cfg: FrontEndConfig, modality: str) -> str:
@@ -85,19 +161,44 @@ def _cache_key(volume: Volume, cfg: FrontEndConfig, modality: str) -> str:
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------------- the front end
+
+# SimpleITK threads for N4 and registration. The Mattes metric sums per-thread partial results in
+# the order threads finish: with 2+ threads the same scan registered twice in one process gave
+# transforms differing by ~1e-5 (and N4 fields differ by thread count), enough to move a
+# supra-threshold voxel. One thread makes every process (a local run, any Dask worker) compute
+# the same bits; measured on 2 cores, the front end took as long with 1 thread as with 2.
+FRONTEND_ITK_THREADS = 1
+
+
+@contextlib.contextmanager
+def _itk_threads(n: int) -> Iterator[None]:
+    import SimpleITK as sitk
+
+    prev = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(prev)
+
+
 def run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str = "mri",
                  template: Template | None = None) -> FrontEndResult:
     """Brain extraction → N4 → registration to the template → QC. Raises QCFailed.
 
-    Deterministic, so results are memoised per scan content + settings within a process."""
-    key = _cache_key(volume, cfg, modality)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    result = _run_frontend(volume, cfg, modality, template)
-    _CACHE[key] = result
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    Deterministic (bit for bit, in any process); inside :func:`frontend_memo` results are reused
+    per scan content + settings."""
+    memo = _MEMO.get()
+    key = None if memo is None else _cache_key(volume, cfg, modality)
+    if memo is not None:
+        hit = memo.get(key)
+        if hit is not None:
+            return hit
+    with _itk_threads(FRONTEND_ITK_THREADS):
+        result = _run_frontend(volume, cfg, modality, template)
+    if memo is not None:
+        memo.put(key, result)
     return result
 
 

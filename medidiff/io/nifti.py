@@ -53,14 +53,10 @@ def read_nifti(path: str | os.PathLike, root: Path | None = None,
     except (gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise ScanError(path, f"image data unreadable or truncated ({_one_line(exc)})",
                         "the file is damaged or incompletely copied; copy or export it again") from exc
-    finite = np.isfinite(data)
     warnings = []
+    finite = np.isfinite(data)
     if not finite.all():
-        frac = 1.0 - finite.mean()
-        if frac > 0.5:
-            raise ScanError(path, f"{frac:.0%} of voxels are NaN/Inf (not finite)",
-                            "the image holds no usable intensities; re-export it")
-        warnings.append(f"{frac:.2%} NaN/Inf voxels set to 0")
+        warnings.append(check_non_finite(path, finite))
         data = np.where(finite, data, 0.0).astype(np.float32)
     prov = Provenance(
         source_paths=[str(path)],
@@ -71,6 +67,35 @@ def read_nifti(path: str | os.PathLike, root: Path | None = None,
         warnings=warnings,
     )
     return Volume(data, affine, prov)
+
+
+def check_non_finite(path: Path, finite: np.ndarray) -> str:
+    """NaN/Inf voxels: refused with a one-line reason, unless they only pad the image (every
+    non-finite patch touches the volume's border, as in tools that write NaN outside the head),
+    which returns the warning to record when they are set to 0. NaN/Inf inside the image would
+    be scored as zeros: the scan would fail later (brain extraction, registration QC) for a
+    reason that does not name them, or hide an anomaly."""
+    from scipy import ndimage
+
+    bad = ~finite
+    n_bad, frac = int(bad.sum()), float(bad.mean())
+    what = f"{n_bad:,} voxels ({frac:.2%}) are NaN/Inf (not a number)"
+    if frac > 0.5:
+        raise ScanError(path, f"{what}: no usable intensities",
+                        "re-export the scan from the scanner or the tool that wrote it")
+    labels, n = ndimage.label(bad, structure=np.ones((3, 3, 3), bool))
+    border = np.zeros(n + 1, bool)
+    for axis in range(bad.ndim):
+        for end in (0, -1):
+            border[np.unique(np.take(labels, end, axis=axis))] = True
+    border[0] = False
+    inner = ~border[labels] & bad
+    if inner.any():
+        at = tuple(int(i) for i in np.argwhere(inner)[0])
+        raise ScanError(path, f"{what}, {int(inner.sum()):,} of them inside the image (first at voxel {at}): "
+                        "their intensities are unknown",
+                        "re-export the scan without NaN/Inf (a NaN inside the head cannot be scored)")
+    return f"{what}, all at the image border (padding): set to 0"
 
 
 def load_header(path: Path):

@@ -189,6 +189,7 @@ class ScanJob:
         record = new_record(ref, self.run_info)
         t0 = time.perf_counter()
         remove_stale_temps(scan_dir)
+        volume = None
         try:
             volume = ref.load()
             check_modality(volume, self.modality)
@@ -198,7 +199,11 @@ class ScanJob:
                                          self.log)
             record.succeeded(volume, result, outputs, time.perf_counter() - t0)
         except Exception as exc:  # recorded, and the batch goes on
-            record.failed(failure_reason(exc, ref, scan_dir), time.perf_counter() - t0)
+            reason = failure_reason(exc, ref, scan_dir)
+            nan = [w for w in (volume.provenance.warnings if volume is not None else []) if "NaN/Inf" in w]
+            if nan:  # e.g. registration failed on a scan whose NaN padding was set to 0: name the likely cause
+                reason += f"; note: {nan[0]}"
+            record.failed(reason, time.perf_counter() - t0)
             self.log(f"failed: {record.error}")
         record.write(scan_dir)
         return record

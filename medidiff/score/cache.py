@@ -52,10 +52,13 @@ def active_cache() -> FirstPassCache | None:
 @contextmanager
 def first_pass_cache(cache: FirstPassCache | None = None) -> Iterator[FirstPassCache]:
     """Reuse first passes inside this block (a fresh cache unless one is given)."""
+    from ..frontend.run import frontend_memo
+
     cache = cache if cache is not None else FirstPassCache()
     token = _ACTIVE.set(cache)
     try:
-        yield cache
+        with frontend_memo():  # front ends shared across models/grids too (bounded in bytes)
+            yield cache
     finally:
         _ACTIVE.reset(token)
 
