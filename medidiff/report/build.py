@@ -69,6 +69,26 @@ class RunContext:
     phi_strings: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     scale: Any = None  # render.ColourScale, set once for the whole run
+    cal_state: Any = None  # explain.CalibrationState
+    model: dict[str, Any] = field(default_factory=dict)  # the model folder's model.json (when readable)
+
+    @property
+    def score_kind(self) -> str:
+        from .explain import score_kind
+
+        return score_kind(self.run.get("score_config") or {}, self.voxel_threshold)
+
+    @property
+    def training_max_mm(self) -> float | None:
+        """The thickest voxel side among the model's training scans (model.json)."""
+        sp = ((self.model.get("training_data") or {}).get("train") or {}).get("source_spacing_mm") or {}
+        vals = [_num(v) for v in (sp.get("max") or [])]
+        vals = [v for v in vals if v is not None]
+        return max(vals) if vals else None
+
+    @property
+    def template_space(self) -> bool:
+        return (self.model.get("preprocess") or {}).get("space") == "template"
 
     @property
     def calibration(self) -> dict[str, Any]:
@@ -97,18 +117,23 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _healthy_scores(run: dict[str, Any], notes: list[str]) -> list[float]:
+def _model_calibration(run: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """The model folder's calibration.json when it belongs to this run's model, else {}."""
     model_dir = run.get("model_dir")
     if not model_dir:
-        return []
+        return {}
     cal = _read_json(Path(model_dir) / "calibration.json")
     if not cal:
         if run.get("calibrated"):
-            notes.append(f"healthy score distribution unavailable: {model_dir}/calibration.json not readable")
-        return []
+            notes.append("healthy score distribution unavailable: the model folder's calibration.json is not readable")
+        return {}
     if run.get("model_hash") and cal.get("model_hash") not in (None, run.get("model_hash")):
         notes.append("calibration.json in the model folder belongs to another model: healthy distribution not shown")
-        return []
+        return {}
+    return cal
+
+
+def _healthy_scores(cal: dict[str, Any]) -> list[float]:
     return [f for f in (_num(v) for v in cal.get("healthy_scores") or []) if f is not None]
 
 
@@ -137,23 +162,23 @@ def _context(out: Path, labels: str | Path | None, show_phi: bool) -> RunContext
     else:
         map_label = "anomaly (raw residual, uncalibrated)"
     label_map, gt_masks = read_label_map(labels) if labels else (None, {})
-    return RunContext(out=out, run=run, summary=summary, healthy_scores=_healthy_scores(run, notes),
+    from .explain import calibration_state
+
+    model_cal = _model_calibration(run, notes)
+    model = _read_json(Path(run["model_dir"]) / "model.json") if run.get("model_dir") else {}
+    if run.get("model_hash") and model.get("model_hash") not in (None, run.get("model_hash")):
+        model = {}
+    return RunContext(out=out, run=run, summary=summary, healthy_scores=_healthy_scores(model_cal),
                       voxel_threshold=_num(cal.get("voxel_threshold")), scan_threshold=_num(cal.get("scan_threshold")),
-                      map_label=map_label, labels=label_map, gt_masks=gt_masks, show_phi=show_phi, notes=notes)
+                      map_label=map_label, labels=label_map, gt_masks=gt_masks, show_phi=show_phi, notes=notes,
+                      cal_state=calibration_state(run, model_cal), model=model)
 
 
 # --------------------------------------------------------------------------------------------
 # formatting: one style for numbers, volumes and times across the report
 
 
-def cm3(mm3: float | None) -> str:
-    """mm³ as cm³ with enough digits to tell small volumes apart, never in e-notation."""
-    if mm3 is None:
-        return "—"
-    v = mm3 / 1000.0
-    if v == 0:
-        return "0"
-    return f"{v:.1f}" if abs(v) >= 1 else (f"{v:.2f}" if abs(v) >= 0.01 else f"{v:.3f}")
+from .explain import SCATTERED_FRACTION, WIDESPREAD_FRACTION, cm3  # noqa: E402  (one volume format everywhere)
 
 
 def stamp(iso: Any) -> str:
@@ -205,11 +230,25 @@ class ScanEntry:
     next: Any = None
     hist: str | None = None
     render_seconds: float = 0.0
+    sentence: str = ""
+    pattern: str | None = None  # focal | widespread (scans with voxels above the threshold)
+    unlike: list[str] = field(default_factory=list)  # what makes the scan unlike the model's data
+    brain_mm3: float | None = None  # brain volume on the scan's grid (brain_mask.nii.gz, else QC)
+    short_error: str = ""
+    checks: list[Any] = field(default_factory=list)  # explain.Check: the failed value against its limit
+    failed_view: dict[str, Any] | None = None  # image of a failed scan with its brain mask
+    qc_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def all_warnings(self) -> list[str]:
+        return [*self.warnings, *self.unlike]
 
     @property
     def thumb(self) -> str | None:
         if self.views is not None and "thumb" in self.views.files:
             return f"scans/{quote(self.scan_id)}/{self.views.files['thumb']}"
+        if self.failed_view and self.failed_view.get("thumb"):
+            return f"scans/{quote(self.scan_id)}/{self.failed_view['thumb']}"
         return None
 
 
@@ -283,6 +322,80 @@ def _ground_truth(ctx: RunContext, entry: ScanEntry, shape: tuple, affine: np.nd
     return None
 
 
+def _histogram_axis(ctx: RunContext) -> tuple[float, str]:
+    """(divisor, x-axis label) of the score histograms: volumes in cm³, as the text says."""
+    kind = ctx.score_kind
+    if kind == "largest_cluster":
+        return 1000.0, "largest cluster above the voxel threshold (cm³)"
+    if kind == "supra_volume":
+        return 1000.0, "brain volume above the voxel threshold (cm³)"
+    from .explain import what_score
+
+    return 1.0, f"scan score: {what_score(kind, ctx.run.get('score_config') or {})}"
+
+
+def _failed_view(ctx: RunContext, entry: ScanEntry, img_dir: Path) -> None:
+    """A failed scan's image with the brain mask its front end finds, and that mask's volume."""
+    from .render import render_failed
+
+    try:
+        vol = _load_source(entry)
+    except Exception as exc:
+        entry.failed_view = {"note": "The scan could not be read again, so there is no image to show "
+                                     f"({type(exc).__name__})."}
+        return
+    prov = vol.provenance
+    for s in (prov.patient_id, prov.patient_name, prov.study_uid, prov.series_uid):
+        if s and str(s).strip():
+            ctx.phi_strings.add(str(s).strip())
+    brain, note, method = None, "", ""
+    fe = (ctx.model.get("preprocess") or {}).get("frontend") or {}
+    if ctx.template_space:
+        try:
+            from ..frontend.brain import brain_mask, resolve_method
+
+            method = resolve_method(str(fe.get("brain", "auto")), vol, str(ctx.model["preprocess"].get("modality", "mri")),
+                                    float(fe.get("max_brain_ml", 2100.0)))
+            brain = np.asarray(brain_mask(vol, method), bool)
+        except Exception as exc:  # the image is still worth showing
+            note = f"brain mask not recomputed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    else:
+        note = "this model scores in scan space: it has no brain-extraction step, so no brain mask is drawn"
+    view = render_failed(img_dir, np.asarray(vol.array, np.float32), vol.affine, brain)
+    view.update(note=note, method=method)
+    if brain is not None:
+        ml = float(brain.sum()) * abs(float(np.linalg.det(vol.affine[:3, :3]))) / 1000.0
+        view["brain_ml"] = ml
+        lo, hi = _num(fe.get("min_brain_ml")), _num(fe.get("max_brain_ml"))
+        if lo is not None and hi is not None:
+            view["brain_limit"] = f"{lo:.0f}–{hi:.0f} ml"
+            view["brain_ok"] = lo <= ml <= hi
+    entry.failed_view = view
+
+
+def _scan_facts(ctx: RunContext, entry: ScanEntry, brain: np.ndarray | None, affine: np.ndarray | None) -> None:
+    """What makes the scan unlike the model's data; its brain volume on the scan's grid."""
+    from .explain import brain_at_edge, outside_grid, qc_outside, thick_slices
+
+    qc = entry.result.get("qc") if isinstance(entry.result.get("qc"), dict) else {}
+    unlike = qc_outside(qc, ctx.cal_state.qc_ranges)
+    if "voxel_size_max_mm" not in ctx.cal_state.qc_ranges:
+        t = thick_slices(entry.result.get("affine"), ctx.training_max_mm)
+        if t:
+            unlike.append(t)
+    if brain is not None and affine is not None:
+        entry.brain_mm3 = float(np.count_nonzero(brain)) * abs(float(np.linalg.det(np.asarray(affine)[:3, :3])))
+        edge = brain_at_edge(brain, affine)
+        if edge:
+            unlike.append(edge)
+    elif _num(qc.get("brain_volume_ml")) is not None:
+        entry.brain_mm3 = 1000.0 * float(qc["brain_volume_ml"])
+    g = outside_grid(qc)
+    if g:
+        unlike.append(g)
+    entry.unlike = unlike
+
+
 def _render_entry(ctx: RunContext, entry: ScanEntry, page_dir: Path) -> None:
     from . import scroller
     from .clusters import find_clusters, supra_threshold
@@ -291,10 +404,13 @@ def _render_entry(ctx: RunContext, entry: ScanEntry, page_dir: Path) -> None:
     t0 = time.perf_counter()
     img_dir = page_dir / entry.scan_id
     if ctx.healthy_scores and entry.score is not None:
-        score_histogram(img_dir / "distribution.png", ctx.healthy_scores, marker=entry.score,
-                        threshold=ctx.scan_threshold, title="this scan vs healthy calibration scores")
+        div, xlabel = _histogram_axis(ctx)
+        score_histogram(img_dir / "distribution.png", [h / div for h in ctx.healthy_scores], marker=entry.score / div,
+                        threshold=ctx.scan_threshold / div if ctx.scan_threshold is not None else None,
+                        title="this scan vs healthy calibration scores", xlabel=xlabel)
         entry.hist = "distribution.png"
     if entry.status != "ok":
+        _failed_view(ctx, entry, img_dir)
         return
     outputs = entry.result.get("outputs") or {}
     amap = _load_nifti(entry.scan_dir / outputs.get("anomaly_map", "anomaly_map.nii.gz"))
@@ -311,16 +427,22 @@ def _render_entry(ctx: RunContext, entry: ScanEntry, page_dir: Path) -> None:
         entry.render_error = f"source scan not shown: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     gt = _ground_truth(ctx, entry, amap_arr.shape, affine)
     entry.has_gt = gt is not None
+    brain_name = outputs.get("brain_mask") or ("brain_mask.nii.gz" if (entry.scan_dir / "brain_mask.nii.gz").is_file()
+                                               else None)
+    brain = _load_nifti(entry.scan_dir / brain_name) if brain_name else None
+    brain_arr = np.asarray(brain[0]) > 0 if brain is not None and _same_grid(amap_arr.shape, affine, *brain) else None
+    _scan_facts(ctx, entry, brain_arr, affine)
     supra = supra_threshold(amap_arr, mask[0] if mask is not None else None, ctx.voxel_threshold)
     if supra is not None:
         to_template = (entry.result.get("qc") or {}).get("scan_to_template")  # registered scans: MNI names
         entry.clusters = find_clusters(amap_arr, supra, affine,
-                                       np.asarray(to_template) if to_template is not None else None)
-    worlds = [c.centroid_world for c in entry.clusters.clusters] if entry.clusters else []
+                                       np.asarray(to_template) if to_template is not None else None,
+                                       threshold=ctx.voxel_threshold)
+    worlds = [c.inside_world for c in entry.clusters.clusters] if entry.clusters else []
     entry.views = render_scan(img_dir, amap_arr, affine, ctx.scale, scan=scan_arr,
                               mask=mask[0] if mask is not None else None, gt=gt,
                               recon=recon[0] if recon is not None else None, cluster_worlds=worlds)
-    meta, data = scroller.payload(entry.views.prepared, ctx.scale)
+    meta, data = scroller.payload(entry.views.prepared, ctx.scale, cluster_worlds=worlds)
     entry.views.prepared = None  # the volumes are not needed any more
     entry.scroller = (scroller.meta_json(meta), data)
     entry.render_seconds = time.perf_counter() - t0
@@ -349,7 +471,54 @@ def _qc(result: dict[str, Any]) -> dict[str, Any]:
     """Per-scan quality-control values, whatever of them the scorer wrote."""
     qc = dict(result.get("qc") or {}) if isinstance(result.get("qc"), dict) else {}
     qc.update({k: result[k] for k in QC_KEYS if k in result})
-    return {str(k).replace("_", " "): (_fmt(v) if isinstance(v, float) else v) for k, v in qc.items()}
+    return qc
+
+
+def _qc_value(key: str, v: Any) -> tuple[str, bool]:
+    """(text, preformatted) of one QC value: matrices as rows, timings as 'name 1.2 s'."""
+    if isinstance(v, list) and v and all(isinstance(r, list) for r in v):
+        return "\n".join("  ".join(f"{float(x):9.4f}" if isinstance(x, (int, float)) else str(x) for x in r)
+                          for r in v), True
+    if isinstance(v, dict):
+        unit = " s" if "second" in key else ""
+        return " · ".join(f"{k} {_fmt(_num(x), '.3g') if _num(x) is not None else x}{unit}" for k, x in v.items()), False
+    if isinstance(v, float):
+        return _fmt(v, ".4g"), False
+    return str(v), False
+
+
+def _qc_rows(qc: dict[str, Any], ranges: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    from .explain import QC_LABELS, _num as num, qc_range_text
+
+    rows = []
+    for k, v in qc.items():
+        text, pre = _qc_value(str(k), v)
+        rng = ranges.get(k)
+        x = num(v)
+        outside = bool(rng and x is not None and not rng["min"] <= x <= rng["max"])
+        label = QC_LABELS.get(k, (str(k).replace("_", " "),))[0]
+        if k == "scan_to_template":
+            label = "scanner → template (MNI) matrix"
+        rows.append({"key": str(k), "name": label, "value": text, "pre": pre,
+                     "range": f"{qc_range_text(k, rng)} (n = {rng.get('n') or '?'})" if rng else "",
+                     "outside": outside})
+    return rows
+
+
+def _explain(ctx: RunContext, entry: ScanEntry) -> None:
+    """The page's one sentence and the index's focal/widespread marker."""
+    from .explain import Facts, failure_checks, pattern, sentence, short_error
+
+    entry.qc_rows = _qc_rows(entry.qc, ctx.cal_state.qc_ranges)
+    if entry.status != "ok":
+        entry.short_error = short_error(entry.error, entry.source, entry.scan_id)
+        entry.checks = failure_checks(entry.error)
+    else:
+        entry.pattern = pattern(entry.clusters, entry.brain_mm3)
+    entry.sentence = sentence(Facts(
+        status=entry.status, kind=ctx.score_kind, score_config=ctx.run.get("score_config") or {}, score=entry.score,
+        flag=entry.flag, scan_threshold=ctx.scan_threshold, voxel_threshold=ctx.voxel_threshold, cal=ctx.cal_state,
+        clusters=entry.clusters, brain_mm3=entry.brain_mm3, unlike=entry.unlike, failure=entry.short_error))
 
 
 def _entries(ctx: RunContext) -> list[ScanEntry]:
@@ -391,14 +560,15 @@ def _redact(ctx: RunContext, entries: list[ScanEntry]) -> None:
         _shorten(ctx, entries)
         return
     for e in entries:
-        texts = [e.error, *e.warnings, e.render_error]
+        texts = [e.error, e.short_error, e.sentence, *e.warnings, e.render_error]
         if _is_dicom(e.result.get("format")) and e.source:
             texts = [t.replace(e.source, "<DICOM series folder>") for t in texts]
             e.source = "DICOM series (folder hidden; --show-phi shows it)"
         texts = [_redact_text(t, ctx.phi_strings) for t in texts]
         e.source = _redact_text(e.source, ctx.phi_strings)
         e.series_description = _redact_text(e.series_description, ctx.phi_strings)
-        e.error, e.render_error, e.warnings = texts[0], texts[-1], texts[1:-1]
+        e.error, e.short_error, e.sentence, e.render_error, e.warnings = (texts[0], texts[1], texts[2], texts[-1],
+                                                                          texts[3:-1])
         e.provenance = {k: _redact_text(v, ctx.phi_strings) for k, v in e.provenance.items()}
     _shorten(ctx, entries)
 
@@ -447,7 +617,18 @@ def _flag_phrase(ctx: RunContext) -> str:
     thr = ctx.scan_threshold
     if thr is None:
         return ""
-    return f"flag at {cm3(thr)} cm³" if ctx.volume_score else f"flag at {thr:.3g}"
+    return f"flag above {cm3(thr)} cm³" if ctx.volume_score else f"flag above {thr:.3g}"
+
+
+def _score_caption(ctx: RunContext) -> str:
+    from .explain import what_score
+
+    kind = ctx.score_kind
+    if kind == "largest_cluster":
+        return "Score: the largest cluster of voxels above the voxel threshold (cm³, on the model's grid)"
+    if kind == "supra_volume":
+        return "Score: brain volume above the voxel threshold (cm³, on the model's grid)"
+    return f"Score: {what_score(kind, ctx.run.get('score_config') or {})}"
 
 
 def _borderline(ctx: RunContext, score: float | None) -> bool:
@@ -455,14 +636,25 @@ def _borderline(ctx: RunContext, score: float | None) -> bool:
     return score is not None and thr is not None and thr > 0 and abs(score - thr) <= BORDERLINE * thr
 
 
+def _rule_text(ctx: RunContext) -> str:
+    """The flag rule in words, true for the run's score type."""
+    from .explain import what_score
+
+    kind, thr, vthr = ctx.score_kind, ctx.scan_threshold, _fmt(ctx.voxel_threshold)
+    if kind == "largest_cluster":
+        return (f"Scans are flagged when their largest cluster of voxels above the voxel threshold ({vthr} z) "
+                f"exceeds {cm3(thr)} cm³")
+    if kind == "supra_volume":
+        return f"Scans are flagged when more than {cm3(thr)} cm³ of brain lies above the voxel threshold ({vthr} z)"
+    return f"Scans are flagged when the score ({what_score(kind, ctx.run.get('score_config') or {})}) exceeds {thr:.3g}"
+
+
 def _calibration_text(ctx: RunContext) -> str:
     cal = ctx.calibration
     fpr, target, n = _num(cal.get("achieved_scan_fpr")), _num(cal.get("scan_fpr")), cal.get("n_scans")
     if ctx.scan_threshold is None:
         return "Uncalibrated run: no scan threshold, no flags."
-    what = (f"Scans are flagged when more than {cm3(ctx.scan_threshold)} cm³ of brain lies above the voxel "
-            f"threshold ({_fmt(ctx.voxel_threshold)} z)" if ctx.volume_score
-            else f"Scans are flagged when the score exceeds {ctx.scan_threshold:.3g}")
+    what = _rule_text(ctx)
     if fpr is None:
         return what + "."
     how = f"it flagged {100 * fpr:.1f} % of n = {n} healthy calibration scans (leave-one-out"
@@ -592,12 +784,16 @@ def build_report(out_dir: str | Path, labels: str | Path | None = None, show_phi
                 e.render_error = f"views not rendered: {type(exc).__name__}: {first}"
                 log(f"report: {e.scan_id}: {e.render_error}")
             e.links = _links(ctx, e)
+            _explain(ctx, e)
         _redact(ctx, entries)
         run_hist = None
         scores = [e.score for e in entries if e.score is not None]
         if ctx.healthy_scores or scores:
-            score_histogram(stage / "assets" / "scores.png", ctx.healthy_scores, scores=scores,
-                            threshold=ctx.scan_threshold, title="scan scores: this run vs healthy calibration")
+            div, xlabel = _histogram_axis(ctx)
+            score_histogram(stage / "assets" / "scores.png", [h / div for h in ctx.healthy_scores],
+                            scores=[v / div for v in scores],
+                            threshold=ctx.scan_threshold / div if ctx.scan_threshold is not None else None,
+                            title="scan scores: this run vs healthy calibration", xlabel=xlabel)
             run_hist = "assets/scores.png"
         evaluation = _evaluation(ctx, stage, entries)
         env = _env()
@@ -607,7 +803,9 @@ def build_report(out_dir: str | Path, labels: str | Path | None = None, show_phi
             "failed": sum(e.status != "ok" for e in entries),
             "flagged": sum(bool(e.flag) for e in entries),
             "borderline": sum(_borderline(ctx, e.score) for e in entries),
-            "warnings": sum(bool(e.warnings) for e in entries),
+            "warnings": sum(bool(e.all_warnings) for e in entries),
+            "focal": sum(e.pattern == "focal" for e in entries),
+            "widespread": sum(e.pattern == "widespread" for e in entries),
             "skipped_files": len(ctx.summary.get("skipped_files") or []),
         }
         run = ctx.run
@@ -620,7 +818,7 @@ def build_report(out_dir: str | Path, labels: str | Path | None = None, show_phi
             "t* (timesteps)": ", ".join(str(t) for t in t_star) if isinstance(t_star, list) else str(t_star or "—"),
             "calibrated": "yes" if run.get("calibrated") else "no (no thresholds, flags or percentiles)",
             "voxel threshold": f"{_fmt(ctx.voxel_threshold)} z" if ctx.voxel_threshold is not None else "—",
-            "scan threshold": _flag_phrase(ctx).replace("flag at ", "") or "—",
+            "scan threshold": _flag_phrase(ctx).replace("flag above ", "") or "—",
             "colour scale": f"0 – {ctx.scale.vmax:g} ({ctx.scale.label}); brighter values clipped, drawn white",
             "medidiff version": str(run.get("medidiff_version") or "—"),
             "results as of": scored,
@@ -629,7 +827,9 @@ def build_report(out_dir: str | Path, labels: str | Path | None = None, show_phi
                       show_phi=show_phi, map_label=ctx.map_label, has_labels=ctx.labels is not None, ctx=ctx,
                       scale=ctx.scale, score_phrase=lambda s: _score_phrase(ctx, s),
                       borderline=lambda s: _borderline(ctx, s), flag_phrase=_flag_phrase(ctx),
-                      calibration_text=_calibration_text(ctx))
+                      calibration_text=_calibration_text(ctx), cal_state=ctx.cal_state,
+                      score_caption=_score_caption(ctx), widespread_fraction=WIDESPREAD_FRACTION,
+                      scattered_fraction=SCATTERED_FRACTION)
         for e in entries:
             page = env.get_template("scan.html.j2").render(e=e, **common)
             (stage / "scans" / f"{e.scan_id}.html").write_text(page, encoding="utf-8")

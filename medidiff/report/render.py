@@ -290,6 +290,17 @@ def world_of(can: Canonical, ijk: Sequence[float]) -> tuple[float, float, float]
     return float(x[0]), float(x[1]), float(x[2])
 
 
+def slice_height(prep: "Prepared", idx: int, point: Sequence[int] | None = None) -> float:
+    """Superior coordinate (mm) of axial slice ``idx``: at ``point`` (the peak or cluster the
+    slice was chosen for) when given, else at the slice's centre. On an oblique scan the
+    height varies across the slice, so it is read where the reader looks."""
+    p = prep.planes["axial"]
+    shape = prep.amap.data.shape
+    ijk = [(n - 1) / 2.0 for n in shape] if point is None else [float(v) for v in point]
+    ijk[p.slice_axis] = float(idx)
+    return world_of(prep.amap, ijk)[2]
+
+
 @dataclass
 class Prepared:
     """One scan's volumes in canonical orientation, with everything every view shares."""
@@ -387,15 +398,18 @@ def render_scan(out_dir: Path, amap: np.ndarray, affine: np.ndarray, scale: Colo
 
     p = planes["axial"]
     slices = mosaic_slices(prep, cluster_worlds)
+    # the point each titled slice was chosen for: its height is read there (oblique scans tilt)
+    slice_points: dict[int, tuple[int, int, int]] = {}
+    for ijk in [peak, *(prep.ijk_of(w) for w in cluster_worlds)]:
+        slice_points.setdefault(ijk[p.slice_axis], ijk)
     cols = min(4, len(slices))
     rows = int(np.ceil(len(slices) / cols))
     fig = _figure(2.2 * cols, 2.3 * rows)
     for i, (idx, why) in enumerate(slices):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ijk = [0, 0, 0]
-        ijk[p.slice_axis] = idx
-        z = world_of(prep.amap, ijk)[2]
-        _panel(ax, comp(p, idx), p, title=f"z = {z:.0f} mm{f' · {why}' if why else ''}", letter_size=8,
+        z = slice_height(prep, idx, slice_points.get(idx))
+        approx = "≈ " if prep.amap.oblique else "= "
+        _panel(ax, comp(p, idx), p, title=f"z {approx}{z:.0f} mm{f' · {why}' if why else ''}", letter_size=8,
                **outlines(p, idx))
     fig.subplots_adjust(left=0.01, right=0.99, top=0.92, bottom=0.01, wspace=0.04, hspace=0.15)
     _save(fig, out_dir / "mosaic.png")
@@ -443,8 +457,18 @@ def _render_compare(path: Path, prep: Prepared, scale: ColourScale) -> None:
     _save(fig, path)
 
 
-def render_thumbnail(path: Path, rgb: np.ndarray, mask2d: np.ndarray | None, aspect: float, size: int = 96) -> None:
-    """A small axial composite for the index row, the mask outline in the contour colour."""
+def thumbnail_shape(h: int, w: int, aspect: float, size: int) -> tuple[int, int]:
+    """(rows, cols) of a thumbnail whose longest side is ``size`` px and whose proportions are
+    the slice's physical ones (``aspect`` = pixel height / width in mm)."""
+    tall, wide = h * aspect, float(w)
+    k = size / max(tall, wide)
+    return max(1, int(round(tall * k))), max(1, int(round(wide * k)))
+
+
+def render_thumbnail(path: Path, rgb: np.ndarray, mask2d: np.ndarray | None, aspect: float, size: int = 96,
+                     colour: str = CONTOUR_COLOR) -> None:
+    """A small axial composite for the index row, the mask outline in the contour colour;
+    resampled (nearest) to the slice's physical proportions, longest side ``size`` px."""
     from matplotlib.colors import to_rgb
     from matplotlib.image import imsave
     from scipy import ndimage
@@ -452,18 +476,47 @@ def render_thumbnail(path: Path, rgb: np.ndarray, mask2d: np.ndarray | None, asp
     img = rgb.copy()
     if mask2d is not None and mask2d.any():
         edge = mask2d & ~ndimage.binary_erosion(mask2d)
-        img[edge] = to_rgb(CONTOUR_COLOR)
+        img[edge] = to_rgb(colour)
     h, w = img.shape[:2]
-    longest = max(h * aspect, w)
-    if longest > size:  # shrink by striding (nearest), keeping the aspect
-        step = longest / size
-        img = img[np.arange(0, h, step / aspect).astype(int)][:, np.arange(0, w, step).astype(int)]
-    else:
-        fx = max(1, int(size // longest))
-        fy = max(1, int(round(fx * aspect)))
-        img = np.repeat(np.repeat(img, fy, axis=0), fx, axis=1)
+    rows, cols = thumbnail_shape(h, w, aspect, size)
+    ri = np.minimum((np.arange(rows) + 0.5) * h / rows, h - 1).astype(int)
+    ci = np.minimum((np.arange(cols) + 0.5) * w / cols, w - 1).astype(int)
+    img = img[ri][:, ci]
     path.parent.mkdir(parents=True, exist_ok=True)
     imsave(path, img)
+
+
+BRAIN_COLOR = "#ffd400"
+
+
+def render_failed(out_dir: Path, scan: np.ndarray, affine: np.ndarray, brain: np.ndarray | None) -> dict[str, object]:
+    """A failed scan: axial, coronal and sagittal planes through the centre of its brain mask
+    (else of the volume) with the mask outlined, plus an index thumbnail. Returns the files
+    and the planes' centre (scanner RAS mm)."""
+    can = canonical(np.asarray(scan, np.float32), affine)
+    b = canonical(np.asarray(brain, np.uint8), affine).data.astype(bool) if brain is not None else None
+    window = make_window(can.data)
+    if b is not None and b.any():
+        centre = tuple(int(round(v)) for v in np.argwhere(b).mean(axis=0))
+    else:
+        centre = tuple(n // 2 for n in can.data.shape)
+    planes = {v: plane_for(v, can) for v in VIEWS}
+    fig = _figure(11.0, 3.7)
+    for col, view in enumerate(VIEWS):
+        p = planes[view]
+        idx = centre[p.slice_axis]
+        ax = fig.add_axes([0.005 + col / 3, 0.01, 1 / 3 - 0.01, 0.9])
+        _panel(ax, window.gray(p.extract(can.data, idx)), p, title=view, cmap="gray", vmin=0, vmax=1)
+        if b is not None:
+            _contour(ax, p.extract(b, idx), BRAIN_COLOR, lw=1.3)
+    _save(fig, out_dir / "failed.png")
+    p = planes["axial"]
+    idx = centre[p.slice_axis]
+    gray = window.gray(p.extract(can.data, idx))
+    render_thumbnail(out_dir / "thumb.png", np.repeat(gray[..., None], 3, axis=2),
+                     p.extract(b, idx) if b is not None else None, p.aspect, colour=BRAIN_COLOR)
+    return {"image": "failed.png", "thumb": "thumb.png", "centre_world": world_of(can, centre),
+            "axcodes": "".join(can.axcodes), "colour": BRAIN_COLOR}
 
 
 def _light_figure(w: float, h: float):
@@ -474,7 +527,7 @@ def _light_figure(w: float, h: float):
 
 def score_histogram(path: Path, healthy: Sequence[float], scores: Sequence[float] = (),
                     marker: float | None = None, threshold: float | None = None,
-                    title: str = "healthy calibration scores") -> None:
+                    title: str = "healthy calibration scores", xlabel: str = "scan score") -> None:
     """Healthy score distribution, optionally this run's scores and one scan's marker."""
     fig = _light_figure(4.6, 2.4)
     ax = fig.add_subplot(1, 1, 1)
@@ -495,8 +548,8 @@ def score_histogram(path: Path, healthy: Sequence[float], scores: Sequence[float
         ax.axvline(threshold, color="#444444", ls="--", lw=1.2, label="scan threshold")
     if marker is not None and np.isfinite(marker):
         ax.axvline(marker, color="#d62728", lw=2.2, label="this scan")
-    ax.set_xlabel("scan score", fontsize=9)
-    ax.set_ylabel("scans", fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel("number of scans", fontsize=9)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=8)
     if ax.get_legend_handles_labels()[0]:

@@ -17,7 +17,7 @@ import base64
 import gzip
 import json
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .render import CONTOUR_COLOR, CROSS_COLOR, GT_COLOR, OVER_COLOR, OVERLAY_AL
 
 MAX_SIDE = 128
 MAP_STEP = 0.01  # int16 quantum of the embedded anomaly map
-CANVAS_PX = 280  # longest side of each plane on screen
+CANVAS_PX = 300  # the longest side of the volume on screen (every plane at the same px per mm)
 
 
 def block_reduce(arr: np.ndarray, f: int, how: str) -> np.ndarray:
@@ -39,8 +39,17 @@ def block_reduce(arr: np.ndarray, f: int, how: str) -> np.ndarray:
     return blocks.mean(axis=(1, 3, 5)) if how == "mean" else blocks.max(axis=(1, 3, 5))
 
 
-def payload(prep: Prepared, scale: ColourScale, max_side: int = MAX_SIDE) -> tuple[dict[str, Any], str]:
-    """(metadata for the page script, base64 of the gzipped channels)."""
+WORLD_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}  # the RAS coordinate each plane's position is given in
+WORLD_NAME = "xyz"
+
+
+def payload(prep: Prepared, scale: ColourScale, max_side: int = MAX_SIDE,
+            cluster_worlds: Sequence[Sequence[float]] = ()) -> tuple[dict[str, Any], str]:
+    """(metadata for the page script, base64 of the gzipped channels).
+
+    Every plane is drawn at the same millimetres per screen pixel (one scale for the three
+    planes); ``cluster_worlds`` (scanner RAS mm) become the embedded voxels a cluster row
+    jumps to."""
     a = np.nan_to_num(prep.amap.data.astype(np.float32), nan=0.0)
     f = max(1, math.ceil(max(a.shape) / max_side))
     scan8 = (np.zeros(a.shape, np.float32) if prep.scan is None else prep.window.gray(prep.scan)) * 255.0
@@ -60,20 +69,23 @@ def payload(prep: Prepared, scale: ColourScale, max_side: int = MAX_SIDE) -> tup
     reduce = np.diag([f, f, f, 1.0])
     reduce[:3, 3] = (f - 1) / 2.0  # block k's centre is voxel k·f + (f−1)/2
     views = []
+    k = CANVAS_PX / max(n * z for n, z in zip(shape, zooms))  # screen px per mm, shared by the planes
     for name in VIEWS:
         p = prep.planes[name]
         zh, zv = zooms[p.h_axis], zooms[p.v_axis]
-        k = CANVAS_PX / max(shape[p.h_axis] * zh, shape[p.v_axis] * zv)
         views.append({"name": name, "slice_axis": p.slice_axis, "h_axis": p.h_axis, "v_axis": p.v_axis,
                       "h_flip": p.h_flip, "v_flip": p.v_flip, "labels": p.labels,
-                      "sx": max(1, round(k * zh)), "sy": max(1, round(k * zv))})
+                      "world_axis": WORLD_AXIS[name], "world_name": WORLD_NAME[WORLD_AXIS[name]],
+                      "sx": round(k * zh, 4), "sy": round(k * zv, 4)})
     meta = {
         "shape": list(shape), "factor": f, "affine": (prep.amap.affine @ reduce).round(4).tolist(),
         "peak": [int(v // f) for v in prep.peak], "views": views, "map_step": MAP_STEP,
         "vmax": scale.vmax, "threshold": scale.threshold, "ref": scale.ref, "alpha": OVERLAY_ALPHA,
         "lut": scale.lut(), "over": OVER_COLOR, "mask_color": CONTOUR_COLOR, "gt_color": GT_COLOR,
         "cross_color": CROSS_COLOR, "has_scan": prep.scan is not None, "has_mask": prep.mask is not None,
-        "has_gt": prep.gt is not None, "units": scale.label,
+        "has_gt": prep.gt is not None, "units": scale.label, "unit": "z" if "(z" in scale.label else "",
+        "oblique": prep.amap.oblique,
+        "clusters": [[int(v // f) for v in prep.ijk_of(w)] for w in cluster_worlds],
     }
     return meta, data
 

@@ -204,7 +204,7 @@ def _centre(browser, selector: str) -> list[float]:
 
 
 AXIAL = "#scroller canvas[data-view=axial]"
-GT_PIXELS = """(() => { let n = 0; const s = document.querySelector('#scroller input[type=range]');
+GT_PIXELS = """(() => { let n = 0; const s = document.querySelector('#scroller input.slice');
   for (let k = 0; k <= +s.max; k += 1) { s.value = String(k); s.dispatchEvent(new Event('input'));
     const c = document.querySelector('%s'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
     for (let i = 0; i < d.length; i += 4) { if (d[i] === 255 && d[i + 1] === 61 && d[i + 2] === 245) { n += 1; } } }
@@ -312,7 +312,7 @@ def test_report_pages_in_browser(scored_run, browser, tmp_path):
     browser.open((report / "scans" / "lesion_LPS.html").as_uri())
     _wait_ready(browser)
     start = _slice(browser)
-    n = int(browser.eval(f"document.querySelector('{AXIAL}').nextElementSibling.max")) + 1
+    n = int(browser.eval(f"document.querySelector('{AXIAL}').closest('.plane').querySelector('input.slice').max")) + 1
     step = 1 if start < n - 1 else -1
     browser.eval(f"document.querySelector('{AXIAL}').focus()")
     _key(browser, "ArrowUp" if step > 0 else "ArrowDown", 38 if step > 0 else 40)
@@ -323,7 +323,7 @@ def test_report_pages_in_browser(scored_run, browser, tmp_path):
     browser.call("Input.dispatchMouseEvent", session=True, type="mouseWheel", x=x, y=y, deltaX=0,
                  deltaY=120 if step > 0 else -120)
     assert _slice(browser) == start  # wheel down goes back one slice (the way ArrowDown does)
-    assert browser.eval(f"document.querySelector('{AXIAL}').nextElementSibling.value") == str(start)
+    assert browser.eval(f"document.querySelector('{AXIAL}').closest('.plane').querySelector('input.slice').value") == str(start)
     assert not _problems(browser.events)
     browser.screenshot(tmp_path / "report_scan.png", width=1024)
     browser.screenshot(ARTIFACTS / "report_scan.png", width=1024)
