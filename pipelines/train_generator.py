@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--split-csv", type=Path, default=ROOT / "configs" / "real_cohort_split.csv")
     ap.add_argument("--roles", default="train", help="comma list of split roles to train on (with --cohort)")
     ap.add_argument("--init-from", type=Path, default=None, help="generator folder both networks start from")
+    ap.add_argument("--scan-cache", type=Path, default=None, help="shared preprocessed-scan cache folder (the "
+                    "benchmark_synthesis_* scripts' --cache): each scan's front end runs once for all of them")
     args = ap.parse_args(argv)
 
     from medidiff.generator.config import load_generator_config
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     report = train_generator(cfg, args.data, args.out, splits=splits, resume=args.resume,
                              max_minutes=args.max_minutes, device=args.device,
                              log_fn=lambda m: print(m, file=sys.stderr, flush=True), conditions=conditions,
-                             init_from=args.init_from)
+                             init_from=args.init_from, scan_cache=args.scan_cache)
     brief = {k: ({kk: vv for kk, vv in v.items() if kk != "history"} if isinstance(v, dict) else v)
              for k, v in report.items()}
     print(json.dumps({**brief, "threads": threads}, default=str), flush=True)

@@ -56,9 +56,34 @@ def _cache_key(sources, pcfg) -> str:
                       default=json_default)
 
 
+def _prepare_from_scan_cache(sources, pcfg, scan_cache: Path, log_fn) -> PreparedData:
+    """The scans through :func:`medidiff.sampling.cache.preprocess_cached` (shared with the benchmarks)."""
+    from ..sampling.cache import preprocess_cached
+
+    images, fgs, ids, skipped = [], [], [], []
+    for src in sources:
+        try:
+            im, fg = preprocess_cached(src.path, pcfg, scan_cache, log_fn)
+        except Exception as exc:  # one bad file never stops training
+            skipped.append({"path": src.path, "reason": str(exc)[:200]})
+            continue
+        images.append(im)
+        fgs.append(fg)
+        ids.append(src.scan_id)
+    if not images:
+        shape = tuple(pcfg.grid)
+        return PreparedData(np.zeros((0, *shape), np.float32), np.zeros((0, *shape), bool), [],
+                            {"count": 0, "skipped": skipped})
+    return PreparedData(np.stack(images), np.stack(fgs), ids, {
+        "count": len(images), "skipped": skipped, "model_grid": list(pcfg.grid),
+        "model_spacing_mm": list(pcfg.spacing),
+        "foreground_fraction_median": float(np.median([f.mean() for f in fgs]))})
+
+
 def load_training_data(data: str | Path, cfg: GeneratorConfig, run_dir: Path, splits: Sequence[str] | None,
-                       log_fn: Callable[[str], None] = print) -> PreparedData:
-    """Healthy training scans on the model grid, preprocessed once and cached in RUN (safetensors)."""
+                       log_fn: Callable[[str], None] = print, scan_cache: str | Path | None = None) -> PreparedData:
+    """Healthy training scans on the model grid, preprocessed once and cached in RUN (safetensors);
+    ``scan_cache``: take (and leave) each scan's preprocessing in that shared cache folder."""
     from safetensors.torch import load_file, save_file
 
     from ..train.data import list_scans
@@ -76,7 +101,8 @@ def load_training_data(data: str | Path, cfg: GeneratorConfig, run_dir: Path, sp
             return PreparedData(t["images"].numpy(), t["foregrounds"].numpy().astype(bool), meta["scan_ids"],
                                 meta["summary"])
     log_fn(f"preprocessing {len(sources)} training scan(s) once (cached in {tens_path.name})")
-    prepared = prepare(sources, cfg.preprocess)
+    prepared = _prepare_from_scan_cache(sources, cfg.preprocess, Path(scan_cache), log_fn) if scan_cache else \
+        prepare(sources, cfg.preprocess)
     if not len(prepared):
         raise ValueError(f"{data}: no training scan survived preprocessing: {prepared.summary.get('skipped')}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -470,7 +496,7 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
                     resume: bool = False, max_minutes: float | None = None, max_new_steps: int | None = None,
                     device: str = "cpu", log_fn: Callable[[str], None] = print,
                     conditions: dict[str, dict[str, Any]] | None = None,
-                    init_from: str | Path | None = None) -> dict[str, Any]:
+                    init_from: str | Path | None = None, scan_cache: str | Path | None = None) -> dict[str, Any]:
     """Stage 1 until its max_steps, then stage 2, within ``max_minutes`` of wall clock and
     ``max_new_steps`` steps of both stages together (None: no limit). Without ``resume`` the run
     folder must not hold a started run. ``conditions``: scan id -> ``{"age", "sex"}`` for a
@@ -483,7 +509,7 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
     if not resume and any(_stage_done(run_dir, s) for s in STAGES):
         raise ValueError(f"{run_dir} already holds a generator run; pass --resume to continue it or use another --out")
     deadline = time.monotonic() + 60.0 * float(max_minutes) if max_minutes else None
-    data_ = load_training_data(data, cfg, run_dir, splits, log_fn)
+    data_ = load_training_data(data, cfg, run_dir, splits, log_fn, scan_cache)
     conds = scan_conditions(cfg, data_.scan_ids, conditions)
     init = _init_states(init_from) if init_from else None
     base = {"preprocess": cfg.to_dict()["preprocess"], "scan_ids": data_.scan_ids,

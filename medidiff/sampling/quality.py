@@ -482,3 +482,102 @@ def quality_report(out: str | Path, records: Sequence[dict[str, Any]], preproces
     report["seconds"] = round(time.perf_counter() - t0, 3)
     write_text_atomic(out / "quality.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+# ----------------------------------------------------------------------------- held-out real yardsticks
+
+def _residual_ncc(a: np.ndarray, b: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    return ncc_matrix(np.asarray(a, np.float64) - mean, np.asarray(b, np.float64) - mean)
+
+
+def memorization_vs_real(samples: Sequence[np.ndarray], sample_ids: Sequence[str], train: Sequence[np.ndarray],
+                         train_ids: Sequence[str], heldout: Sequence[np.ndarray],
+                         heldout_ids: Sequence[str]) -> dict[str, Any]:
+    """Memorisation judged against real subjects: every sample's nearest-training-subject similarity
+    next to the same similarity of *held-out real* subjects (who cannot have been memorised).
+
+    Similarity: subject-specific NCC, the NCC of the residuals after subtracting the mean training
+    image (what all brains share cancels; see :func:`memorization`). Yardsticks: each held-out
+    real head's nearest training subject (``heldout_nn``, the real-vs-real nearest-neighbour
+    distribution the issue asks for) and each training subject's nearest other training subject
+    (``train_nn``, leave one out). A sample is flagged when it is closer to a training subject
+    than *any* held-out real subject is to one (``> max(heldout_nn)``); ``percentile`` is the
+    share of held-out real subjects it is closer than."""
+    if len(train) < 3 or not len(heldout) or not len(samples):
+        return {"note": "needs >= 3 training scans, >= 1 held-out real scan and >= 1 sample"}
+    T = np.stack(train).astype(np.float64)
+    mean = T.mean(axis=0)
+    s_nn = _residual_ncc(np.stack(samples), T, mean)
+    h_nn = _residual_ncc(np.stack(heldout), T, mean)
+    t_nn = _loo_max(_residual_ncc(T, T, mean))
+    h_best = h_nn.max(axis=1)
+    limit = float(h_best.max())
+    per = []
+    for i, sid in enumerate(sample_ids):
+        j = int(s_nn[i].argmax())
+        v = float(s_nn[i, j])
+        per.append({"sample": sid, "nearest_train": train_ids[j], "ncc": v,
+                    "percentile": float((h_best < v).mean() * 100.0), "flagged": bool(v > limit)})
+    return {"metric": "subject-specific NCC (residual from the mean training image)", "n_train": len(train),
+            "n_heldout": len(heldout), "limit_max_heldout_nn": limit,
+            "samples_nn": _stats([p["ncc"] for p in per]),
+            "heldout_nn": _stats(h_best.tolist()), "train_nn": _stats(t_nn.tolist()),
+            "heldout_nn_per_subject": [{"subject": heldout_ids[k], "nearest_train": train_ids[int(h_nn[k].argmax())],
+                                        "ncc": float(h_best[k])} for k in range(len(heldout))],
+            "flagged": [p["sample"] for p in per if p["flagged"]], "per_sample": per}
+
+
+# ----------------------------------------------------------------------------- does the condition show?
+
+CSF_THRESHOLD = 0.45  # model units of wm_median intensity (white matter 0.8): CSF-dark voxels of a T1 scan
+
+
+def atrophy_measures(image: np.ndarray, brain: np.ndarray, threshold: float = CSF_THRESHOLD) -> dict[str, float]:
+    """Age-sensitive volumes of a template-space T1 head: ``brain_fraction`` (of the grid),
+    ``csf_fraction`` (share of the brain mask darker than ``threshold``: sulcal CSF and ventricles)
+    and ``central_csf_fraction`` (the same inside the central box of the grid, a third per axis,
+    where the lateral ventricles lie after affine registration to MNI space)."""
+    img = np.asarray(image, np.float32)
+    brain = np.asarray(brain, bool)
+    dark = (img < threshold) & brain
+    box = tuple(slice(s // 3, s - s // 3) for s in img.shape)
+    cb = brain[box]
+    return {"brain_fraction": float(brain.mean()),
+            "csf_fraction": float(dark.sum() / max(brain.sum(), 1)),
+            "central_csf_fraction": float(dark[box].sum() / max(cb.sum(), 1))}
+
+
+def _slope_ci(ages: np.ndarray, values: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    ages, values = np.asarray(ages, np.float64), np.asarray(values, np.float64)
+    if len(ages) < 3 or np.ptp(ages) <= 0:
+        return {"n": int(len(ages)), "slope_per_decade": None}
+    slope = float(np.polyfit(ages, values, 1)[0] * 10)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        k = rng.integers(0, len(ages), len(ages))
+        if np.ptp(ages[k]) > 0:
+            boots.append(np.polyfit(ages[k], values[k], 1)[0] * 10)
+    r = float(np.corrcoef(ages, values)[0, 1]) if np.std(values) > 0 else None
+    return {"n": int(len(ages)), "slope_per_decade": slope, "r": r,
+            "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if boots else None}
+
+
+def age_trend(sample_images: Sequence[np.ndarray], sample_ages: Sequence[float], real_images: Sequence[np.ndarray],
+              real_fgs: Sequence[np.ndarray], real_ages: Sequence[float], n_boot: int = 2000,
+              seed: int = 0) -> dict[str, Any]:
+    """Slope per decade of each :func:`atrophy_measures` value against age, in samples (generated at
+    ``sample_ages``) and in real heads, with bootstrap 95 % CIs (resampling scans). The condition
+    shows when the samples' slope has the real slope's sign and its CI excludes 0."""
+    s_meas = [atrophy_measures(im, foreground(im)) for im in sample_images]
+    r_meas = [atrophy_measures(im, fg) for im, fg in zip(real_images, real_fgs)]
+    out: dict[str, Any] = {"csf_threshold": CSF_THRESHOLD, "n_samples": len(s_meas), "n_real": len(r_meas)}
+    for key in ("brain_fraction", "csf_fraction", "central_csf_fraction"):
+        s = _slope_ci(np.asarray(sample_ages), np.asarray([m[key] for m in s_meas]), n_boot, seed)
+        r = _slope_ci(np.asarray(real_ages), np.asarray([m[key] for m in r_meas]), n_boot, seed + 1)
+        shows = None
+        if s.get("slope_per_decade") is not None and r.get("slope_per_decade") is not None and s.get("ci95"):
+            lo, hi = s["ci95"]
+            shows = bool(np.sign(s["slope_per_decade"]) == np.sign(r["slope_per_decade"]) and (lo > 0 or hi < 0))
+        out[key] = {"samples": s, "real": r, "condition_shows": shows}
+    return out
