@@ -58,10 +58,18 @@ def autocast(device: torch.device, precision: str = "auto"):
     return autocast_ctx(resolve_precision(precision, device), device)
 
 
-def set_threads(local_world: int = 1, threads: int | None = None) -> int:
+def set_threads(local_world: int = 1, threads: int | None = None, power_of_two: bool = False) -> int:
     """Intra-op threads = cores / processes on this node (MEDIDIFF_THREADS wins):
-    on a 2-core machine extra threads or DataLoader workers only oversubscribe."""
+    on a 2-core machine extra threads or DataLoader workers only oversubscribe.
+
+    ``power_of_two`` (scoring and calibration): round down to a power of two. torch splits an
+    elementwise op into one chunk per thread, and a chunk boundary that is not on a SIMD vector
+    boundary computes a few values on another code path (SiLU: ~3e-8 apart with 3 threads against
+    1, 2 or 4). The model grids' tensor sizes are multiples of 2^12, so with power-of-two thread
+    counts every process — a local run, a Dask worker with cores/N threads — computes the same bits."""
     env = int(os.environ.get("MEDIDIFF_THREADS", 0) or 0)
     n = int(threads) if threads else env or max(1, (os.cpu_count() or 1) // max(1, local_world))
+    if power_of_two:
+        n = 1 << (max(1, n).bit_length() - 1)
     torch.set_num_threads(n)
     return n

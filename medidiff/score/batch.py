@@ -425,7 +425,7 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
         from .cluster import parse_cluster
 
         cluster_spec = parse_cluster(cluster)
-    set_threads()
+    set_threads(power_of_two=True)  # maps must not depend on the thread count (see set_threads)
     out = Path(out_dir)
     prepare_out(out)
     scorer = load_scorer(model_dir, config_path, overrides, device, log,

@@ -406,7 +406,7 @@ def calibrate_model(model_dir: str | Path, healthy: str | Path, *, overrides: tu
     from ..train.checkpoint import load_model
     from .pipeline import Scorer
 
-    set_threads()
+    set_threads(power_of_two=True)
     loaded = load_model(model_dir, device=resolve_device(device))
     cfg, method = calibration_settings(model_dir, config_path, overrides, log)
     found = discover(healthy)

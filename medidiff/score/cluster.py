@@ -150,7 +150,7 @@ def _worker_scorer(job: RemoteJob, torch_threads: int | None, worker_threads: in
            tuple(sorted(job.scorer_options.items())))
     with _SCORER_LOCK:
         if key not in _SCORERS:
-            set_threads(local_world=worker_threads, threads=torch_threads)
+            set_threads(local_world=worker_threads, threads=torch_threads, power_of_two=True)
             scorer = load_scorer(*job.scorer_args, log=lambda m: None, **job.scorer_options)
             seen = (scorer.loaded.model_hash, scorer.settings_hash())
             if seen != (job.run_info["model_hash"], job.run_info["config_hash"]):
