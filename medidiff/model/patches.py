@@ -63,6 +63,12 @@ class SlidingWindowDenoiser(torch.nn.Module):
         """The same network (shared weights) behind windows with another overlap."""
         return SlidingWindowDenoiser(self.unet, self.grid, self.patch, overlap, self.sw_batch_size).eval()
 
+    def with_unet(self, unet: torch.nn.Module, sw_batch_size: int | None = None) -> "SlidingWindowDenoiser":
+        """The same windows and blending around another U-Net with the same call signature
+        (e.g. an exported runtime, :mod:`medidiff.model.backends`)."""
+        return SlidingWindowDenoiser(unet, self.grid, self.patch, self.overlap,
+                                     sw_batch_size or self.sw_batch_size).eval()
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, **kwargs) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 

@@ -18,6 +18,7 @@ SMOOTHING = ("median", "gaussian", "none")
 NORMALIZATION = ("voxelwise", "global", "none")
 T_COMBINE = ("reconstruction", "zscore")
 SCORE_TYPES = ("topk_mean", "percentile", "supra_volume", "largest_cluster")
+BACKENDS = ("torch", "openvino")  # medidiff.model.backends
 
 
 @dataclass
@@ -36,6 +37,8 @@ class ScoreConfig:
     seed: int = 0
     # patch models only: sliding-window overlap when scoring; None = the model's own (model.patch_overlap)
     window_overlap: float | None = None
+    # where the denoiser runs: torch (reference) | openvino (exported CPU runtime, `pip install 'medidiff[fast-cpu]'`)
+    backend: str = "torch"
     # Residual -> map; structural_weight > 0 adds w * (1 - local SSIM(x, x̂))
     structural_weight: float = 0.0
     ssim_sigma_mm: float = 6.0
@@ -73,6 +76,8 @@ class ScoreConfig:
             errs.append("n_draws and batch_size must be >= 1")
         if self.window_overlap is not None and not 0 <= self.window_overlap < 1:
             errs.append(f"window_overlap must be in [0, 1), got {self.window_overlap}")
+        if self.backend not in BACKENDS:
+            errs.append(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.smoothing not in SMOOTHING:
             errs.append(f"smoothing must be one of {SMOOTHING}")
         if self.normalization not in NORMALIZATION:
@@ -158,6 +163,8 @@ def _hash_dict(d: dict[str, Any], runtime: dict[str, Any] | None) -> str:
         d.pop("t_combine", None)
     if d.get("window_overlap") is None:  # likewise
         d.pop("window_overlap", None)
+    if d.get("backend", "torch") == "torch":  # likewise
+        d.pop("backend", None)
     if runtime is not None:
         d["runtime"] = runtime
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -117,13 +117,21 @@ class Reconstructor:
                                    "machine computes alike") from exc
         else:
             self.precision = follow_calibration(cfg.precision, calibrated_precision, self.device)
+        self.backend = cfg.backend
+        if self.backend != "torch":  # an exported runtime runs the U-Net; everything around it stays
+            from ..model.backends import with_backend
+
+            self.net = with_backend(self.net, self.backend, self.precision, self.device, loaded.preprocess_config.grid)
         self.cfg = cfg
         self._acp = self.scheduler.alphas_cumprod.detach().to(torch.float64).cpu()
 
     def runtime_settings(self) -> dict:
         """What changes the maps beyond ScoreConfig: resolved precision, device kind, noise."""
-        return {"precision": self.precision, "device": self.device.type, "noise": self.noise_kind,
-                "noise_params": self.noise_params}
+        rt = {"precision": self.precision, "device": self.device.type, "noise": self.noise_kind,
+              "noise_params": self.noise_params}
+        if self.backend != "torch":  # keys cached reconstructions apart; absent for torch (older hashes hold)
+            rt["backend"] = self.backend
+        return rt
 
     def t_levels(self, fractions=None) -> list[int]:
         fr = self.cfg.t_fractions if fractions is None else fractions
