@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from medidiff.lesions import insert_anomaly
 from pipeline_scripts import load_pipeline
@@ -87,7 +89,7 @@ def test_benchmark_quick_end_to_end(tiny_model_dir, mni_small, tmp_path):
     else:
         assert run["score_config"]["t_fractions"] == [res["chosen"]["t"]]
     text = md.read_text()
-    for needle in ("| medidiff |", "| intensity-hyper |", "same post-processor", "Verdict", "intensity baseline", "t*", "CPU:", "--quick",
+    for needle in ("| medidiff |", "| intensity-hyper |", "same post-processor", "Verdict", "best baseline", "t*", "CPU:", "--quick",
                    "Quick smoke run"):
         assert needle in text, needle
     assert (out / "runs" / "test_medidiff" / "evaluation" / "metrics.json").is_file()
@@ -173,3 +175,74 @@ def test_benchmark_refuses_a_limit_too_small_to_calibrate(tiny_model_dir, tmp_pa
     bench = _load_benchmark()
     with pytest.raises(SystemExit):
         bench.main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "b"), "--limit", "1"])
+
+
+_WATCHED: dict[str, object] = {}
+
+
+def _audit(event, args):
+    """Records every attempt to open a file under a watched folder (even one that fails or is caught)."""
+    if event != "open" or not _WATCHED.get("prefixes") or not args or not isinstance(args[0], (str, bytes, Path)):
+        return
+    path = os.fsdecode(args[0])
+    if any(os.path.abspath(path).startswith(p) for p in _WATCHED["prefixes"]):
+        _WATCHED["opened"].append(path)
+
+
+def test_nothing_before_the_final_step_can_read_test_ground_truth(tiny_model_dir, mni_small, tmp_path, monkeypatch):
+    """Test labels are unparseable until benchmark.py calls its single held-out reader, read_test_labels,
+    and every open of a file in the test masks' folder is recorded (an audit hook sees opens even when
+    the data is never used). A benchmark that parsed a test label or opened a test mask before the final
+    step fails here; one that scored anything after reading them, too."""
+    import sys
+
+    from medidiff.evaluate.labels import LabelsError, read_labels
+
+    bench = _load_benchmark()
+    data, affine = mni_small
+    cohort = _cohort(tmp_path / "data", data, affine)
+    labels = cohort / "labels.csv"
+    true_text = labels.read_text()
+    masks = cohort / "test" / "masks"
+    rows = list(csv.DictReader(true_text.splitlines()))
+    for r in rows:
+        if r["split"] == "test":
+            r["label"] = "SEALED"  # read_labels refuses it: any parse of a test row fails the run
+    with open(labels, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(LabelsError):
+        read_labels(labels)  # the seal holds
+    assert read_labels(labels, splits=("val",))  # val stays readable
+    out = tmp_path / "bench"
+    gate: dict[str, object] = {}
+    real_reader = bench.read_test_labels
+
+    def final_step_reader(path, splits):
+        assert "opened" not in gate, "read_test_labels called twice"
+        gate["opened"] = list(_WATCHED["opened"])
+        gate["runs"] = sorted(str(p.parent) for p in out.glob("**/run.json"))
+        _WATCHED["prefixes"] = []
+        labels.write_text(true_text)
+        return real_reader(path, splits)
+
+    _WATCHED.update(prefixes=[os.path.abspath(masks), os.path.realpath(masks)], opened=[])
+    if not _WATCHED.get("hooked"):
+        sys.addaudithook(_audit)
+        _WATCHED["hooked"] = True
+    monkeypatch.setattr(bench, "read_test_labels", final_step_reader)
+    try:
+        res = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(out), "--bench-md", "none",
+                          "--quick", "--set", "score.batch_size=4", "--baselines", "intensity-hyper", "--n-boot", "50",
+                          "--no-plots", "--chance-draws", "20"], log=lambda m: None)
+    finally:
+        _WATCHED["prefixes"] = []
+    assert gate.get("opened") == [], f"test masks opened before the final step: {gate.get('opened')}"
+    # every scoring run (val search, test, baselines) existed before the gate opened; none started after
+    assert gate["runs"] == sorted(str(p.parent) for p in out.glob("**/run.json"))
+    assert any("test" in r for r in gate["runs"]) and any("val" in r for r in gate["runs"])
+    ro = res["protocol"]["read_once"]
+    assert ro["splits"] == ["test"] and ro["test_scans"] == 4 and ro["test_lesioned"] == 2
+    assert res["methods"]["medidiff"]["row"]["voxel_ap"] is not None
+    assert res["methods"]["medidiff"]["row"]["lesion_chance"] is not None

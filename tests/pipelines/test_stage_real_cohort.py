@@ -53,20 +53,22 @@ def _write_dicom_head(vol, folder: Path) -> None:
     write_series(folder, stored, regular_positions(origin, iop, s, stored.shape[2]), iop, (s, s))
 
 
-def make_fake_cohort(root: Path, plan=PLAN, cross_dicom: bool = True) -> tuple[Path, Path, Path]:
+def make_fake_cohort(root: Path, plan=PLAN, cross_dicom: bool = True, spacing: float = 3.0) -> tuple[Path, Path, Path]:
     """(cohort, real_scans, split.csv): template heads in varied poses and orientations; the cross-scanner
     head is a DICOM series under real_scans."""
     cohort, real = root / "cohort", root / "real_scans"
     rows = []
     for i, (subject, role) in enumerate(plan):
-        pose = template_to_scan(rot_deg=(2 * i - 5, 3 - i, 4 * i - 8), shift_mm=(i - 4, 2 * i - 6, i), scale=0.9 + 0.02 * i)
+        pose = template_to_scan(rot_deg=(2 * (i % 6) - 5, 3 - i % 5, 4 * (i % 5) - 8), shift_mm=(i % 5 - 4, 2 * (i % 4) - 6, i % 3),
+                                scale=0.88 + 0.015 * (i % 5))  # brains of 1,300-1,700 ml
         path = f"heads/{subject}_T1.nii.gz"
-        write_nifti(scan_from_template(pose, orientation=("LPS", "PSR", "RAS")[i % 3], units=800 + 30 * i), cohort / path)
+        write_nifti(scan_from_template(pose, spacing=spacing, orientation=("LPS", "PSR", "RAS")[i % 3], units=800 + 30 * i),
+                    cohort / path)
         rows.append(dict(subject=subject, role=role, source="cohort", path=path, age=str(30 + i), sex="F",
                          site="site A", scanner="scanner A", licence="test"))
     if cross_dicom:
-        vol = scan_from_template(template_to_scan(rot_deg=(0, 0, 0), shift_mm=(3, -2, 5), scale=0.93), orientation="LPS",
-                                 units=1500)
+        vol = scan_from_template(template_to_scan(rot_deg=(0, 0, 0), shift_mm=(3, -2, 5), scale=0.93), spacing=spacing,
+                                 orientation="LPS", units=1500)
         _write_dicom_head(vol, real / "other_vendor_t1")
         rows.append(dict(subject="other vendor/1", role="cross_scanner", source="real", path="other_vendor_t1",
                          age="", sex="", site="site B", scanner="scanner B", licence="test"))
