@@ -377,7 +377,7 @@ def _scan_facts(ctx: RunContext, entry: ScanEntry, brain: np.ndarray | None, aff
     """What makes the scan unlike the model's data; its brain volume on the scan's grid."""
     from .explain import brain_at_edge, outside_grid, qc_outside, thick_slices
 
-    qc = entry.result.get("qc") if isinstance(entry.result.get("qc"), dict) else {}
+    qc = entry.qc
     unlike = qc_outside(qc, ctx.cal_state.qc_ranges)
     if "voxel_size_max_mm" not in ctx.cal_state.qc_ranges:
         t = thick_slices(entry.result.get("affine"), ctx.training_max_mm)
@@ -469,8 +469,13 @@ def _links(ctx: RunContext, entry: ScanEntry) -> list[dict[str, Any]]:
 
 def _qc(result: dict[str, Any]) -> dict[str, Any]:
     """Per-scan quality-control values, whatever of them the scorer wrote."""
+    from .explain import voxel_sizes
+
     qc = dict(result.get("qc") or {}) if isinstance(result.get("qc"), dict) else {}
     qc.update({k: result[k] for k in QC_KEYS if k in result})
+    z = voxel_sizes(result.get("affine"))
+    if z is not None and "voxel_size_max_mm" not in qc:
+        qc["voxel_size_max_mm"] = round(max(z), 3)  # the slice thickness, compared like the other QC numbers
     return qc
 
 

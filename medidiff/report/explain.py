@@ -201,6 +201,12 @@ def cm3(mm3: float | None) -> str:
     return f"{v:.1f}" if abs(v) >= 1 else (f"{v:.2f}" if abs(v) >= 0.01 else f"{v:.3f}")
 
 
+def percent(share: float) -> str:
+    """A share as a percentage: one decimal from 1 %, two significant digits below."""
+    v = 100.0 * share
+    return f"{v:.1f}" if v >= 1 or v == 0 else f"{v:.2g}"
+
+
 def coords(p: Sequence[float] | None) -> str:
     return "—" if p is None else "(" + ", ".join(f"{v:.0f}" for v in p) + ")"
 
@@ -218,7 +224,7 @@ def pattern(clusters: Any, brain_mm3: float | None) -> str | None:
     """'focal' or 'widespread' for a scan with voxels above the threshold; None without any."""
     if clusters is None:
         return None
-    total = clusters.mask_mm3
+    total = clusters.total_mm3
     if total <= 0:
         return None
     largest = clusters.largest.size_mm3 if clusters.largest else 0.0
@@ -284,7 +290,7 @@ def sentence(f: Facts) -> str:
     c = f.clusters
     if c is not None:
         pat = pattern(c, f.brain_mm3)
-        frac = f" ({100 * c.mask_mm3 / f.brain_mm3:.1f} % of the brain)" if f.brain_mm3 else ""
+        frac = f" ({percent(c.total_mm3 / f.brain_mm3)} % of the brain)" if f.brain_mm3 else ""
         if c.largest is None:
             if c.mask_mm3 > 0:
                 parts.append(f"On this scan's grid {cm3(c.mask_mm3)} cm³ is marked, but resampling smoothed every "
@@ -295,7 +301,7 @@ def sentence(f: Facts) -> str:
             else:
                 parts.append("No voxel lies above the voxel threshold.")
         elif pat == "widespread":
-            parts.append(f"Widespread, not focal: {cm3(c.mask_mm3)} cm³ of this scan's grid lies above the voxel "
+            parts.append(f"Widespread, not focal: {cm3(c.total_mm3)} cm³ of this scan's grid lies above the voxel "
                          f"threshold{frac}, in {c.n_clusters} cluster{'s' if c.n_clusters != 1 else ''}; the "
                          f"largest, cluster 1 below, is {cm3(c.largest.size_mm3)} cm³ on this scan's grid. A pattern "
                          "this wide points to a scan unlike the data the model knows rather than to one lesion.")
@@ -303,7 +309,7 @@ def sentence(f: Facts) -> str:
             more = (f", {c.n_clusters - 1} smaller cluster{'s' if c.n_clusters != 2 else ''} besides"
                     if c.n_clusters > 1 else "")
             parts.append(f"Focal: cluster 1 below, {cm3(c.largest.size_mm3)} cm³ on this scan's grid, "
-                         f"{_where(c.largest)}{more}; {cm3(c.mask_mm3)} cm³ above the threshold in all{frac}.")
+                         f"{_where(c.largest)}{more}; {cm3(c.total_mm3)} cm³ above the threshold in all{frac}.")
     if f.unlike:
         parts.append("Unlike the data the model knows: " + "; ".join(f.unlike) + ".")
     return " ".join(parts)

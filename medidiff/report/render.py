@@ -515,7 +515,9 @@ def render_failed(out_dir: Path, scan: np.ndarray, affine: np.ndarray, brain: np
     gray = window.gray(p.extract(can.data, idx))
     render_thumbnail(out_dir / "thumb.png", np.repeat(gray[..., None], 3, axis=2),
                      p.extract(b, idx) if b is not None else None, p.aspect, colour=BRAIN_COLOR)
+    zooms = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
     return {"image": "failed.png", "thumb": "thumb.png", "centre_world": world_of(can, centre),
+            "voxel_mm": " × ".join(f"{z:.2f}" for z in zooms),
             "axcodes": "".join(can.axcodes), "colour": BRAIN_COLOR}
 
 

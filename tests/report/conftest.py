@@ -91,3 +91,52 @@ def scored_run(mni_small, tmp_path_factory):
                            log=lambda m: None)
     assert summary.n_scored == 3 and summary.n_failed == 1, summary.failures
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# a real run: the bundled template-space model on a real head, a lesioned scan and a QC failure
+
+REAL_HEAD = ROOT / "sample_data" / "real" / "siemens_t1_2d_sag_hfs"
+LESIONED = "test_a18"  # one hyperintense lesion of 13 cm³ (sample_data/lesions.json)
+QC_RANGES = Path(__file__).resolve().parent / "data" / "sample_calib_qc_ranges.json"
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory):
+    """models/sample scores (1) a healthy volunteer's whole head exactly as a Siemens scanner
+    wrote it (4.8 mm sagittal DICOM; the model flags it), (2) a lesioned sample_data test scan
+    with its ground truth, (3) a skull-stripped head whose header voxels are 0.6× too small, so
+    the front end's brain-volume check fails it. run.json gets the calibration scans' QC ranges
+    (measured by make_calib_qc_ranges.py) where the scorer does not yet store them.
+
+    Returns (output folder, labels CSV, the lesioned scan's id)."""
+    import json
+    import shutil
+
+    from medidiff.score.batch import score_folder
+
+    model = ROOT / "models" / "sample"
+    if not (REAL_HEAD.is_dir() and (model / "calibration.json").is_file()):
+        pytest.skip("sample_data/real or models/sample missing")
+    root = tmp_path_factory.mktemp("real_run")
+    inp = root / "in"
+    inp.mkdir()
+    shutil.copytree(REAL_HEAD, inp / "siemens_head")
+    shutil.copy(ROOT / "sample_data" / "test" / f"{LESIONED}.nii.gz", inp / f"{LESIONED}.nii.gz")
+    img = nib.load(ROOT / "sample_data" / "test" / "test_h03.nii.gz")
+    small = img.affine.copy()
+    small[:3, :3] *= 0.6  # brain volume × 0.22: below the plausible adult range
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), small, img.header), inp / "small_header_head.nii.gz")
+    out = root / "out"
+    summary = score_folder(model, inp, out, write_reconstruction=True, progress=False, log=lambda m: None)
+    assert summary.n_scored == 2 and summary.n_failed == 1, summary.failures
+    run = json.loads((out / "run.json").read_text())
+    if not (run.get("calibration") or {}).get("qc_ranges"):
+        measured = json.loads(QC_RANGES.read_text())
+        assert measured["model_hash"] == run["model_hash"], "re-run tests/report/make_calib_qc_ranges.py"
+        run["calibration"]["qc_ranges"] = measured["qc_ranges"]
+        (out / "run.json").write_text(json.dumps(run, indent=2))
+    labels = root / "labels.csv"
+    mask = ROOT / "sample_data" / "masks" / "test" / f"{LESIONED}_mask.nii.gz"
+    labels.write_text(f"scan_id,label,mask_path\n{LESIONED},1,{mask}\n")
+    return out, labels, LESIONED

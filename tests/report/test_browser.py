@@ -124,7 +124,7 @@ class Browser:
 
     def click(self, selector: str) -> None:
         """A real mouse click at the element's centre."""
-        box = self.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView();"
+        box = self.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'center'}});"
                         " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", session=True, type=kind, x=box[0], y=box[1], button="left",
@@ -199,7 +199,7 @@ def _key(browser, key: str, code: int, text: str = "") -> None:
 
 
 def _centre(browser, selector: str) -> list[float]:
-    return browser.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView();"
+    return browser.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'center'}});"
                         " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
 
 
@@ -328,3 +328,225 @@ def test_report_pages_in_browser(scored_run, browser, tmp_path):
     browser.screenshot(tmp_path / "report_scan.png", width=1024)
     browser.screenshot(ARTIFACTS / "report_scan.png", width=1024)
     assert (ARTIFACTS / "report_index.png").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------------------------
+# issue 28: the sentence, warnings, numbers that agree, failed scans, the viewer
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "report_screenshots"
+CLUSTER_PEAKS = "Array.from(document.querySelectorAll('#clusters td.peak')).map(td => parseFloat(td.dataset.v))"
+META = "JSON.parse(document.getElementById('scroller-meta').textContent)"
+
+
+def _plane_slices(browser) -> dict[str, int]:
+    return browser.eval("Object.fromEntries(Array.from(document.querySelectorAll('#scroller canvas'))"
+                        ".map(c => [c.dataset.view, parseInt(c.dataset.slice, 10)]))")
+
+
+def _check_cluster_jump(browser, row: int = 0) -> None:
+    """Move the viewer away from cluster ``row``, click its button, and check every plane went there."""
+    meta = browser.eval(META)
+    target = meta["clusters"][row]
+    views = {v["name"]: v for v in meta["views"]}
+    ax = views["axial"]["slice_axis"]
+    away = (target[ax] + meta["shape"][ax] // 2) % meta["shape"][ax]
+    browser.eval(f"(() => {{ const s = document.querySelector('{AXIAL}').closest('.plane').querySelector('input.slice');"
+                 f" s.value = '{away}'; s.dispatchEvent(new Event('input')); }})()")
+    assert _slice(browser) == away != target[ax]
+    browser.click(f'button.jump[data-cluster="{row}"]')
+    slices = _plane_slices(browser)
+    for name, v in views.items():
+        assert slices[name] == target[v["slice_axis"]], (name, slices, target)
+    assert browser.eval("document.getElementById('scroller').dataset.clusterShown") == str(row)
+    # the readout names the voxel the click went to: within a few voxels of the table's centre
+    readout = browser.eval("document.getElementById('scroller-readout').textContent")
+    at = [float(x) for x in readout.split("(")[1].split(")")[0].split(",")]
+    centre = browser.eval(f"document.querySelectorAll('#clusters tbody tr')[{row}].cells[4].textContent")
+    centre = [float(x) for x in centre.strip("() ").split(",")]
+    step = max(abs(v) for row_ in meta["affine"][:3] for v in row_[:3])
+    assert max(abs(a - c) for a, c in zip(at, centre)) <= 3 * step + 1, (readout, centre)
+
+
+def _with_clusters(scored_run: Path, tmp: Path) -> tuple[Path, float]:
+    """A copy of the run whose lesion_LPS map and mask hold two clusters above the voxel threshold
+    and one piece of mask whose map values lie below it (as nearest-neighbour resampling of the
+    model-grid decision next to an interpolated map can leave)."""
+    import nibabel as nib
+    import numpy as np
+
+    run = tmp / "run"
+    shutil.copytree(scored_run, run, ignore=shutil.ignore_patterns("report", ".report*"))
+    thr = json.loads((run / "run.json").read_text())["calibration"]["voxel_threshold"]
+    scan = run / "scans" / "lesion_LPS"
+    ref = nib.load(str(scan / "anomaly_map.nii.gz"))
+    amap = np.zeros(ref.shape, np.float32)
+    mask = np.zeros(ref.shape, np.uint8)
+    c = np.array(ref.shape) // 2
+    for (dx, dy, dz), r, v in (((-6, 0, 3), 2, 2.0), ((6, 4, -4), 1, 1.5), ((0, -8, 0), 1, 0.5)):  # 25×29×24 grid
+        x, y, z = c + (dx, dy, dz)
+        amap[x - r:x + r, y - r:y + r, z - r:z + r] = v * thr
+        mask[x - r:x + r, y - r:y + r, z - r:z + r] = 1
+    nib.save(nib.Nifti1Image(amap, ref.affine), scan / "anomaly_map.nii.gz")
+    nib.save(nib.Nifti1Image(mask, ref.affine), scan / "mask.nii.gz")
+    return run, thr
+
+
+def test_clusters_never_below_the_threshold_and_a_click_moves_the_viewer(scored_run, browser, tmp_path):
+    run, threshold = _with_clusters(scored_run, tmp_path)
+    index = build_report(run)
+    listed = 0
+    for page in sorted((index.parent / "scans").glob("*.html")):
+        browser.open(page.as_uri())
+        peaks = browser.eval(CLUSTER_PEAKS)
+        listed += len(peaks)
+        assert all(p >= threshold for p in peaks), (page.name, peaks, threshold)
+        assert not _problems(browser.events)
+    assert listed == 2  # the third piece of the mask is below the threshold: counted, not listed
+    browser.open((index.parent / "scans" / "lesion_LPS.html").as_uri())
+    assert "1 further piece of the mask" in browser.eval("document.getElementById('why').textContent")
+    text = browser.eval("document.getElementById('why-sentence').textContent")
+    first = browser.eval("Array.from(document.querySelectorAll('#clusters tbody tr')[0].cells).map(c => c.textContent)")
+    assert text.startswith(f"Flagged: " if "FLAGGED" in browser.eval("document.querySelector('header').textContent")
+                           else "Not flagged: ")
+    assert "cm³ of brain lies above the voxel threshold" in text  # this run's score type is supra_volume
+    assert f"cluster 1 below, {first[1]} cm³" in text and first[5] in text
+    _wait_ready(browser)
+    _check_cluster_jump(browser)
+    # display controls redraw the planes: overlay off leaves only grey pixels
+    colourful = ("(() => { const c = document.querySelector('%s'); const d = c.getContext('2d')"
+                 ".getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 0; i < d.length; i += 4) {"
+                 " if (d[i] - d[i + 2] > 40 && d[i] >= d[i + 1]) { n += 1; } } return n; })()" % AXIAL)  # not the green cross
+    before = browser.eval(colourful)
+    browser.click("#ov-outline")
+    browser.click("#ov-on")
+    assert before > 0 and browser.eval(colourful) == 0
+    letters = browser.eval("Array.from(document.querySelectorAll('#scroller .plane[data-view=axial] .edge'))"
+                           ".map(e => e.textContent)")
+    assert letters == ["R", "L", "A", "P"]  # left, right, top, bottom: radiological
+    label = browser.eval("document.querySelector('#scroller .plane[data-view=axial] .slice-label').textContent")
+    assert label.startswith("z = ") and " mm" in label
+    # one scale for the three planes: the same screen pixels per millimetre
+    meta = browser.eval(META)
+    per_mm = {v["name"]: (v["sx"] / abs(meta["affine"][v["h_axis"]][v["h_axis"]]),
+                          v["sy"] / abs(meta["affine"][v["v_axis"]][v["v_axis"]])) for v in meta["views"]}
+    flat_ = [x for pair in per_mm.values() for x in pair]
+    assert max(flat_) - min(flat_) < 1e-3, per_mm
+
+
+def test_an_invalid_calibration_shows_a_banner_on_every_page(scored_run, browser, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(scored_run, run, ignore=shutil.ignore_patterns("report", ".report*"))
+    info = json.loads((run / "run.json").read_text())
+    reason = "the thresholds were measured in bf16 on a CPU; this run scored in fp32 on a GPU"
+    warning = ("only 9 healthy scans for a 0.05 scan false-positive rate: at least 20 are needed to place that "
+               "threshold")
+    info["calibration"].update(valid=False, invalid_reason=reason, warnings=[warning])
+    (run / "run.json").write_text(json.dumps(info))
+    index = build_report(run)
+    pages = [index, *sorted((index.parent / "scans").glob("*.html"))]
+    assert len(pages) == 5
+    for page in pages:
+        browser.open(page.as_uri())
+        banner = browser.eval("(() => { const b = document.getElementById('calibration-banner');"
+                              " return b ? [b.textContent, b.getBoundingClientRect().height] : null; })()")
+        assert banner and reason in banner[0] and banner[1] > 0, page.name
+        assert warning in browser.eval("document.getElementById('calibration-warnings').textContent"), page.name
+    browser.open((index.parent / "scans" / "lesion_RAS.html").as_uri())
+    assert browser.eval("document.getElementById('why-sentence').textContent").startswith("No valid flag")
+    # a run without the new keys (older runs): no banner
+    browser.open(build_report(scored_run).as_uri())
+    assert browser.eval("document.getElementById('calibration-banner')") is None
+
+
+def _shot(browser, path: Path, width: int = 1280, max_height: int = 6000) -> None:
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=800, deviceScaleFactor=1,
+                 mobile=False)
+    height = int(browser.eval("Math.ceil(document.documentElement.scrollHeight)"))
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=min(height, max_height),
+                 deviceScaleFactor=1, mobile=False)
+    browser.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+                 ".then(() => Promise.all(Array.from(document.images).map(i => i.decode().catch(() => null))))")
+    data = browser.call("Page.captureScreenshot", session=True, format="png")["data"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(data))
+    browser.call("Emulation.clearDeviceMetricsOverride", session=True)
+
+
+def test_real_head_lesion_and_failure_read_as_a_reader_needs(real_run, browser):
+    from medidiff.report.explain import cm3
+
+    out, labels, lesioned = real_run
+    index = build_report(out, labels=labels)
+    report = index.parent
+    results = {p.parent.name: json.loads(p.read_text()) for p in (out / "scans").glob("*/result.json")}
+    head = next(k for k, r in results.items() if r["format"].startswith("dicom"))
+    failed = next(k for k, r in results.items() if r["status"] != "ok")
+    threshold = json.loads((out / "run.json").read_text())["calibration"]["voxel_threshold"]
+
+    browser.open(index.as_uri())
+    assert not _problems(browser.events)
+    rows = browser.eval("Object.fromEntries(Array.from(document.querySelectorAll('#scan-table tbody tr'))"
+                        ".map(r => [r.dataset.id, [r.dataset.pattern, r.dataset.warn]]))")
+    assert rows[head][1] == "1"  # QC outside the calibration range counts as a QA warning
+    assert int(browser.eval("document.getElementById('n-warnings').textContent")) >= 1
+    for kind in ("focal", "widespread"):
+        assert int(browser.eval(f"document.getElementById('n-{kind}').textContent")) == \
+            sum(p == kind for p, _ in rows.values())
+    assert "{" not in browser.eval("document.getElementById('scan-table').textContent")  # no dicts or matrices
+    thumbs = browser.eval("Array.from(document.querySelectorAll('img.thumb')).map(i => [i.naturalWidth, "
+                          "i.naturalHeight, i.getBoundingClientRect().height])")
+    assert len(thumbs) == 3 and all(w > 0 and h > 0 and 0 < shown <= 72.5 for w, h, shown in thumbs)
+    _shot(browser, SCREENSHOTS / "index.png")
+
+    for sid in (head, lesioned):
+        res = results[sid]
+        browser.open((report / "scans" / f"{sid}.html").as_uri())
+        _wait_ready(browser)
+        assert not _problems(browser.events), sid
+        text = browser.eval("document.getElementById('why-sentence').textContent")
+        assert browser.eval("document.getElementById('why-sentence').dataset.kind") == "largest_cluster"
+        # the sentence states the decision's own number and the score type ...
+        assert text.startswith("Flagged: its largest cluster of voxels above the voxel threshold") == bool(res["flag"])
+        assert f"measures {cm3(res['score'])} cm³ on the model's grid" in text
+        # ... and the cluster table's first row, with the same size and the same pattern as the index
+        first = browser.eval("Array.from(document.querySelectorAll('#clusters tbody tr')[0].cells).map(c => c.textContent)")
+        assert f"cluster 1 below, {first[1]} cm³" in text or f"cluster 1 below, is {first[1]} cm³" in text
+        pattern = browser.eval("(document.getElementById('pattern') || {}).textContent || ''")
+        assert pattern == rows[sid][0] and pattern.capitalize() in text
+        if pattern == "focal":
+            assert first[5] in text and first[6] in text  # template coordinates and the name taken from them
+        peaks = browser.eval(CLUSTER_PEAKS)
+        assert peaks and all(p >= threshold for p in peaks)
+        _check_cluster_jump(browser)
+
+    # the real head: QC values outside the calibration scans' range, on its page and in its sentence
+    browser.open((report / "scans" / f"{head}.html").as_uri())
+    _wait_ready(browser)
+    warnings = browser.eval("document.getElementById('qa-warnings').textContent")
+    assert "registration similarity to the template" in warnings and "calibration scans" in warnings
+    assert "slice thickness 4.8 mm is above the range" in warnings
+    outside = browser.eval("Array.from(document.querySelectorAll('#qc-table tr.outside')).map(r => r.dataset.key)")
+    assert {"registration_similarity", "voxel_size_max_mm"} <= set(outside)
+    assert "Unlike the data the model knows: " in browser.eval("document.getElementById('why-sentence').textContent")
+    _shot(browser, SCREENSHOTS / "scan_real_head.png", max_height=3200)
+    browser.open((report / "scans" / f"{lesioned}.html").as_uri())
+    _wait_ready(browser)
+    assert browser.eval("!!document.getElementById('legend-gt')")
+    _shot(browser, SCREENSHOTS / "scan_lesion.png", max_height=3200)
+
+    # the failed scan: its image with the brain mask, the failed value against its limit, no path
+    browser.open((report / "scans" / f"{failed}.html").as_uri())
+    assert not _problems(browser.events)
+    img = browser.eval("(() => { const i = document.querySelector('#failed-view img'); return i ? "
+                       "[i.complete, i.naturalWidth, i.naturalHeight] : null; })()")
+    assert img and img[0] and img[1] > 0 and img[2] > 0
+    checks = browser.eval("Array.from(document.querySelectorAll('#failure-checks tbody tr'))"
+                          ".map(r => Array.from(r.cells).map(c => c.textContent))")
+    assert checks[0][0] == "brain volume" and checks[0][2] == "900–2100 ml"
+    assert float(checks[0][1].split()[0]) < 900
+    assert checks[1][0].startswith("brain volume of the mask below") and checks[1][1] == checks[0][1]
+    reason = browser.eval("document.getElementById('failure-reason').textContent")
+    assert reason.startswith("brain volume") and str(out) not in reason and ".nii" not in reason
+    _shot(browser, SCREENSHOTS / "scan_failed.png", max_height=1400)
