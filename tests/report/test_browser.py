@@ -119,7 +119,9 @@ class Browser:
         start = len(self.events)
         self.call("Page.navigate", session=True, url=url)
         self.wait_event("Page.loadEventFired", start)
-        self.eval("Promise.all(Array.from(document.images).map(i => i.decode().catch(() => null)))")
+        # lazy thumbnails below the fold never load in a small headless viewport: load them all
+        self.eval("Promise.all(Array.from(document.images).map(i => { i.loading = 'eager'; "
+                  "return i.decode().catch(() => null); }))")
         return self.events[start:]
 
     def click(self, selector: str) -> None:
@@ -495,6 +497,11 @@ def test_real_head_lesion_and_failure_read_as_a_reader_needs(real_run, browser):
         assert int(browser.eval(f"document.getElementById('n-{kind}').textContent")) == \
             sum(p == kind for p, _ in rows.values())
     assert "{" not in browser.eval("document.getElementById('scan-table').textContent")  # no dicts or matrices
+    # a largest-cluster run never calls its score "brain volume above the voxel threshold" (issue 24)
+    caption = browser.eval("document.querySelector('#scan-table caption').textContent")
+    rule = browser.eval("document.getElementById('threshold-text').textContent")
+    assert "largest cluster" in caption and "brain volume" not in caption
+    assert rule.startswith("Scans are flagged when their largest cluster of voxels above the voxel threshold")
     thumbs = browser.eval("Array.from(document.querySelectorAll('img.thumb')).map(i => [i.naturalWidth, "
                           "i.naturalHeight, i.getBoundingClientRect().height])")
     assert len(thumbs) == 3 and all(w > 0 and h > 0 and 0 < shown <= 72.5 for w, h, shown in thumbs)
@@ -520,6 +527,10 @@ def test_real_head_lesion_and_failure_read_as_a_reader_needs(real_run, browser):
         peaks = browser.eval(CLUSTER_PEAKS)
         assert peaks and all(p >= threshold for p in peaks)
         _check_cluster_jump(browser)
+        browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1024, height=800,
+                     deviceScaleFactor=1, mobile=False)
+        assert browser.eval("document.documentElement.scrollWidth") <= 1024, sid  # nothing overflows sideways
+        browser.call("Emulation.clearDeviceMetricsOverride", session=True)
 
     # the real head: QC values outside the calibration scans' range, on its page and in its sentence
     browser.open((report / "scans" / f"{head}.html").as_uri())
