@@ -114,7 +114,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots of the test evaluations")
     p.add_argument("--calibrate-model", action="store_true",
                    help="also store the calibration for the chosen settings in --model itself (otherwise the "
-                        "model folder is never modified)")
+                        "model folder is never modified); refused when the model's method.json holds other settings "
+                        "than the ones benchmarked (add --write-method)")
+    p.add_argument("--write-method", action="store_true",
+                   help="store the settings chosen on val as --model's method.json (medidiff.score.method), with "
+                        "what they were chosen on; written right after the val search, before test is scored")
+    p.add_argument("--use-method", action="store_true",
+                   help="no val search: score with --model's method.json (its stored, validated settings) plus --set; "
+                        "the model copies keep the method, as `medidiff calibrate` / `score` would")
     p.add_argument("--limit", type=int, default=None,
                    help="at most this many scans per split (train/calib), per label (val), or subjects "
                         "(held-out splits, and val when labels.csv has subjects; held-out splits without "
@@ -167,6 +174,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for v in a.variants:
         if ":" not in v or "=" not in v.split(":", 1)[1]:
             p.error(f"--variant {v!r}: expected NAME:KEY=VAL[;KEY=VAL], e.g. smooth5:score.smoothing_size=5")
+    if a.use_method:
+        a.no_val_search = True
+        if a.write_method:
+            p.error("--use-method keeps the stored method; --write-method would rewrite it with itself")
     if a.limit is not None and a.limit < 2:
         p.error("--limit must be at least 2: calibration needs two healthy calib scans")
     defaults = (0.5, 20, 200) if a.quick else (10.0, 3000, 1000)
@@ -264,28 +275,45 @@ def data_info(data: Path, splits: dict[str, Path]) -> dict[str, Any]:
     return info
 
 
-def copy_model(model: Path, dest: Path) -> Path:
+def copy_model(model: Path, dest: Path, with_method: bool = False) -> Path:
+    """Weights and model.json (always: two models of one architecture have the same size), never a
+    calibration; the method.json only ``with_method`` (--use-method): otherwise the settings of a copy are
+    the defaults plus the benchmark's explicit overrides, whatever method the model ships."""
+    from medidiff.score.method import METHOD_FILE
     from medidiff.train.checkpoint import META_FILE, MODEL_FILE
 
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (MODEL_FILE, META_FILE):  # always: two models of one architecture have the same size
+    for name in (MODEL_FILE, META_FILE):
         shutil.copy2(model / name, dest / name)
-    for name in ("calibration.json", "calibration.safetensors"):
+    for name in ("calibration.json", "calibration.safetensors", METHOD_FILE):
         (dest / name).unlink(missing_ok=True)
+    if with_method and (model / METHOD_FILE).is_file():
+        shutil.copy2(model / METHOD_FILE, dest / METHOD_FILE)
     return dest
 
 
+def benchmarked_config(model: Path, overrides: list[str], with_method: bool):
+    """The ScoreConfig a benchmark copy scores with: the model's method (--use-method) or the defaults, plus
+    the overrides."""
+    from medidiff.score.config import load_score_config
+    from medidiff.score.method import load_method
+
+    method = load_method(model) if with_method else None
+    return load_score_config(None, tuple(overrides), base=method.score_config if method else None)
+
+
 def score_setting(model: Path, tag: str, overrides: list[str], calib: Path, target: Path, out: Path, device: str,
-                  log: Callable[[str], None], reconstruction: bool = False, reuse: bool = False) -> dict[str, Any]:
+                  log: Callable[[str], None], reconstruction: bool = False, reuse: bool = False,
+                  with_method: bool = False) -> dict[str, Any]:
     """Calibrate a copy of the model on ``calib`` with these settings and score ``target``: no labels."""
     from medidiff.score.batch import score_folder
     from medidiff.score.calibration import calibrate_model
 
     t0 = time.perf_counter()
     run_dir = out / "runs" / tag
-    cal = _reusable_calibration(out / "models" / tag, overrides, model) if reuse else None
+    cal = _reusable_calibration(out / "models" / tag, overrides, model, with_method) if reuse else None
     if cal is None:
-        mdir = copy_model(model, out / "models" / tag)
+        mdir = copy_model(model, out / "models" / tag, with_method=with_method)
         cal = calibrate_model(mdir, calib, overrides=tuple(overrides), device=device, progress=False, log=log)
     else:
         mdir = out / "models" / tag
@@ -301,13 +329,13 @@ def score_setting(model: Path, tag: str, overrides: list[str], calib: Path, targ
 def run_setting(model: Path, tag: str, overrides: list[str], calib: Path, target: Path, out: Path, labels: Path,
                 n_boot: int, device: str, log: Callable[[str], None], reconstruction: bool = False,
                 plots: bool = False, reuse: bool = False, split: str = "val",
-                foreground: str = "nonzero") -> dict[str, Any]:
+                foreground: str = "nonzero", with_method: bool = False) -> dict[str, Any]:
     """score_setting, then evaluate on ``split`` (val: a fitted split; never a held-out one)."""
     from medidiff.evaluate import EvalOptions, evaluate_run
 
     if split not in FITTED_SPLITS:
         raise ValueError(f"run_setting evaluates fitted splits only; {split!r} is read by read_test_labels")
-    r = score_setting(model, tag, overrides, calib, target, out, device, log, reconstruction, reuse)
+    r = score_setting(model, tag, overrides, calib, target, out, device, log, reconstruction, reuse, with_method)
     rep = evaluate_run(r["run"], labels, opts=EvalOptions(n_boot=n_boot, plots=plots, splits=(split,),
                                                           foreground=foreground, chance_draws=0), log=log)
     log(f"  {tag}: {split} voxel AP {_f(rep.get('voxel', {}).get('ap'))}, sample AUROC "
@@ -315,7 +343,7 @@ def run_setting(model: Path, tag: str, overrides: list[str], calib: Path, target
     return {**r, "report": rep}
 
 
-def _reusable_calibration(mdir: Path, overrides: list[str], model: Path):
+def _reusable_calibration(mdir: Path, overrides: list[str], model: Path, with_method: bool = False):
     """The calibration stored in a previous run's model copy, if it was made for these weights
     (the same --out may have seen another --model) and with these score settings."""
     from medidiff.score.calibration import Calibration
@@ -330,8 +358,8 @@ def _reusable_calibration(mdir: Path, overrides: list[str], model: Path):
     from medidiff.score.config import ScoreConfig
 
     # compared through ScoreConfig so settings added since (at their defaults) still match
-    if cal is None or ScoreConfig.from_dict(cal.score_config).to_dict() != load_score_config(
-            None, tuple(overrides)).to_dict():
+    if cal is None or ScoreConfig.from_dict(cal.score_config).to_dict() != benchmarked_config(
+            model, overrides, with_method).to_dict():
         return None
     return cal
 
@@ -377,12 +405,11 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__}
 
 
-def given_settings(overrides: list[str], score_types: str):
-    """--no-val-search: medidiff's settings exactly as given, reported as such; the baselines still choose
-    their score type on val (they were not part of the search the given settings came from)."""
-    from medidiff.score.config import load_score_config
-
-    sc = load_score_config(None, tuple(overrides))
+def given_settings(overrides: list[str], score_types: str, model: Path | None = None, with_method: bool = False):
+    """--no-val-search: medidiff's settings exactly as given (--use-method: the model's method.json plus
+    --set), reported as such; the baselines still choose their score type on val (they were not part of
+    the search the given settings came from)."""
+    sc = benchmarked_config(model or Path("."), overrides, with_method and model is not None)
     chosen = {"t": _t_of(sc), "k": sc.steps,
               "variant": "given", "score": sc.score, "min_component_mm3": sc.min_component_mm3}
     return chosen, list(overrides), [], [], [s for s in score_types.split(",") if s]
@@ -414,8 +441,9 @@ def given_on_val(a: argparse.Namespace, model: Path, splits: dict[str, Path], ou
     for name, extra in [("given", [])] + [parse_variant(v) for v in a.variants]:
         ov = list(a.overrides) + extra
         r = run_setting(model, f"val_given_{sanitize(name)}", ov, splits["calib"], splits["val"], out, labels,
-                        a.n_boot, a.device, log, reuse=a.reuse, foreground=a.foreground)
-        sc = load_score_config(None, tuple(ov))
+                        a.n_boot, a.device, log, reuse=a.reuse, foreground=a.foreground,
+                        with_method=a.use_method)
+        sc = benchmarked_config(model, ov, a.use_method)
         rows.append({"t": _t_of(sc), "k": sc.steps, "variant": name, **_row(r["report"]), "overrides": ov})
     return rows
 
@@ -540,8 +568,9 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     cache_scope = ExitStack()
     cache = None if a.no_first_pass_cache else cache_scope.enter_context(first_pass_cache())
     if a.no_val_search:
-        chosen, final_ov, val_rows, score_rows, types = given_settings(a.overrides, a.score_types)
-        log(f"settings given, not searched on val: {' '.join(final_ov)}")
+        chosen, final_ov, val_rows, score_rows, types = given_settings(a.overrides, a.score_types, model,
+                                                                       a.use_method)
+        log(f"settings given, not searched on val: {'method.json + ' if a.use_method else ''}{' '.join(final_ov)}")
         if a.variants or a.val_only:
             val_rows = given_on_val(a, model, splits, out, labels, log)
     else:
@@ -558,10 +587,22 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         log(f"written: {out / 'benchmark_val.json'} ({result['seconds']:.0f} s; test not touched)")
         return result
 
+    method_record = None
+    if a.use_method:
+        from medidiff.score.method import load_method
+
+        m_ = load_method(model)
+        if m_ is None:
+            raise SystemExit(f"--use-method: {model} has no method.json")
+        method_record = {"used": True, "method_hash": m_.settings_hash(), "provenance": m_.provenance}
+    if a.write_method:  # a choice made on val: stored before anything held out is scored
+        method_record = write_chosen_method(model, final_ov, info, val_rows, score_rows, command, log)
+    final_cfg = benchmarked_config(model, final_ov, a.use_method)
+
     # ---- 3: score the held-out splits once with the chosen settings (no label is read here)
     methods: dict[str, dict[str, Any]] = {}
     r = score_setting(model, "test_medidiff", final_ov, splits["calib"], splits[TEST_SPLIT], out, a.device, log,
-                      reconstruction=True, reuse=a.reuse)
+                      reconstruction=True, reuse=a.reuse, with_method=a.use_method)
     methods["medidiff"] = {"run": r["run"], "settings": final_ov, "extra_runs": {}}
     medidiff_copy = Path(r["model_copy"])  # calibrated on calib with the chosen settings
     for split in extra:  # the same calibrated copy scores the other held-out splits
@@ -578,9 +619,17 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     if a.calibrate_model:
         from medidiff.score.calibration import calibrate_model
+        from medidiff.score.config import load_score_config
+        from medidiff.score.method import load_method
 
-        calibrate_model(model, splits["calib"], overrides=tuple(final_ov), device=a.device, progress=False, log=log)
-        log(f"calibration for the chosen settings stored in {model}")
+        stored = load_method(model)  # calibrate_model starts from it: its settings + these overrides
+        ov = () if a.write_method else tuple(base if a.use_method else final_ov)
+        would = load_score_config(None, ov, base=stored.score_config if stored else None)
+        if would.to_dict() != final_cfg.to_dict():
+            raise SystemExit(f"--calibrate-model: {model}'s method.json holds other settings than the benchmarked "
+                             "ones; add --write-method (store the chosen settings as its method) or --use-method")
+        cal = calibrate_model(model, splits["calib"], overrides=ov, device=a.device, progress=False, log=log)
+        log(f"calibration for the chosen settings stored in {model} ({cal.n_scans} calib scans)")
 
     # ---- 4: baselines: fit on train, the same post-processing and leave-one-out calibration on calib,
     # the same score-type choice on val, then the held-out splits scored once
@@ -629,7 +678,8 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         rows_s = [r for r in held_rows if r.split == split]
         runs = {k: v["extra_runs"][split] for k, v in methods.items() if split in v.get("extra_runs", {})}
         t = evaluate_table(runs, rows_s, _eval_opts(a, split, False), a.n_boot, log)
-        extra_tables[split] = {"methods": {k: {"run": runs[k], "row": _row(t["reports"][k]), "ci": t["ci"].get(k)}
+        extra_tables[split] = {"methods": {k: {"run": runs[k], "row": _row(t["reports"][k]), "ci": t["ci"].get(k),
+                                               "score": methods[k].get("score", chosen.get("score"))}
                                            for k in runs}, "paired": t["paired"], "resampled": t["resampled"]}
     site = None
     if a.site_calibration:
@@ -639,9 +689,13 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     n_lesioned = sum(r.label for r in test_rows)
     protocol = {
         "fitted_on": {"baselines": "train", "medidiff": "the model's own training data (its model card)"},
-        "calibrated_on": "calib: medidiff for every setting tried and the final one; each baseline leave-one-out",
-        "chosen_on_val": {"medidiff": chosen, "final_overrides": final_ov,
-                          "how": ("given with --no-val-search (chosen elsewhere, not on this val split)"
+        "calibrated_on": "medidiff for every setting tried and for the final one; each baseline leave-one-out",
+        "chosen_on_val": {"medidiff": chosen, "final_overrides": final_ov, "final_config": final_cfg.to_dict(),
+                          "method_json": method_record,
+                          "how": ("the model's method.json (chosen elsewhere: "
+                                  f"{(method_record or {}).get('provenance', {}).get('chosen_on', 'see its provenance')}), "
+                                  "not on this val split" if a.use_method else
+                                  "given with --no-val-search (chosen elsewhere, not on this val split)"
                                   if chosen.get("variant") == "given" else
                                   "t* x K and variants by val voxel AP (greedy), then score type and minimum "
                                   "component size by val sample AUROC"),
@@ -677,6 +731,28 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         + (f" and {a.bench_md}" if a.bench_md and a.bench_md.lower() != "none" else "")
         + f" ({result['seconds']:.0f} s)")
     return result
+
+
+def write_chosen_method(model: Path, final_ov: list[str], info: dict[str, Any], val_rows, score_rows, command: str,
+                        log: Callable[[str], None]) -> dict[str, Any]:
+    """--write-method: the settings chosen on val become the model's method.json, with what they were chosen on."""
+    from medidiff.score.method import write_method
+
+    cfg = benchmarked_config(model, final_ov, False)
+    sp = info["splits"]
+    best = max(val_rows, key=lambda r: -1 if r.get("voxel_ap") is None else r["voxel_ap"]) if val_rows else {}
+    prov = {"chosen_on": (f"val split of {info['labels']} ({sp['val']['scans']} scans of {sp['val']['subjects']} "
+                          f"subjects, lesions inserted); thresholds from its calib split ({sp['calib']['scans']} "
+                          "healthy scans)"),
+            "by": "pipelines/benchmark.py (t* x K and variants by val voxel AP, score type by val sample AUROC)",
+            "command": command, "labels_sha256": info["labels_sha256"],
+            "val_voxel_ap": best.get("voxel_ap"), "val_sample_auroc": max(
+                [r["sample_auroc"] for r in score_rows if r.get("sample_auroc") is not None] or [None],
+                key=lambda x: -1 if x is None else x)}
+    model_hash = json.loads((model / "model.json").read_text()).get("model_hash")
+    path = write_method(model, cfg, prov, model_hash=model_hash)
+    log(f"method chosen on val written to {path}")
+    return {"written": str(path), "method_hash": cfg.hash(), "provenance": prov}
 
 
 def _clean_json(o):
@@ -902,9 +978,9 @@ def verdict(result: dict[str, Any]) -> list[str]:
             lines.append(f"- {label}: not available.")
             continue
         best_k = max(vals, key=vals.get)
-        beats = md[key] > vals[best_k]
+        word = ("beats" if md[key] > vals[best_k] else "ties with" if md[key] == vals[best_k] else "does NOT beat")
         line = (f"- {label}: medidiff {md[key]:.3f} vs the best baseline of this table ({best_k}) "
-                f"{vals[best_k]:.3f} — **medidiff {'beats' if beats else 'does NOT beat'} the best baseline**")
+                f"{vals[best_k]:.3f} — **medidiff {word} the best baseline**")
         c = (result.get("paired", {}).get(best_k) or {}).get(key)
         if c:
             line += f"; paired difference {c['diff']:+.3f} [95% CI {c['ci_low']:+.3f}, {c['ci_high']:+.3f}]: {_ci_word(c)}"
@@ -998,8 +1074,8 @@ def render_section(result: dict[str, Any], title: str, level: int = 2, driver_co
     notes = [f"{k}: {v['row']['n_missing']} missing / {v['row']['n_failed']} failed test scans"
              for k, v in result["methods"].items() if v["row"]["n_missing"] or v["row"]["n_failed"]]
     fits = [f"{k} {v['fit_seconds']:.0f} s" for k, v in result["methods"].items() if v.get("fit_seconds")]
-    L += ["", "Healthy / lesioned flagged: scans above the scan threshold set on the healthy calib split (5 % "
-              "healthy false-positive rate by design). Lesions found: a lesion (26-connected component of the "
+    L += ["", "Healthy / lesioned flagged: scans above the scan threshold set on the healthy calib split (at the "
+              "calibrated healthy false-positive rate, 5 % by default). Lesions found: a lesion (26-connected component of the "
               "ground truth) counts as found when any voxel of the calibrated mask overlaps it. Chance level: the "
               "share of lesions that the same method's false-positive components, moved to random positions in "
               "the brain of the same scan, would \"find\" by that rule (mean of the draws). Lesion precision: "

@@ -44,8 +44,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--copies", type=int, default=3, help="lesioned copies per val/test/cross head")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit-subjects", type=int, default=None,
-                   help="stage at most this many subjects per role (smoke runs)")
+    p.add_argument("--limit-subjects", default=None,
+                   help="stage at most this many subjects per role (smoke runs): N or ROLE=N,... "
+                        "(see stage_real_cohort.py)")
+    p.add_argument("--roles", default=None, help="roles of the split file to stage (default: all)")
     p.add_argument("--bench-md", default="none", help="write BENCHMARKS.md here (default: not written)")
     p.add_argument("--other-json", default=None, help="the secondary (sample_data) table's benchmark.json")
     p.add_argument("--reuse", action="store_true", help="keep staged subjects and finished runs in --out")
@@ -63,8 +65,10 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     command = "python pipelines/benchmark_real_anatomy.py " + " ".join(
         shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     log("staging the real cohort")
+    roles = tuple(a.roles.split(",")) if a.roles else tuple(stage_real_cohort.ROLE_TO_SPLIT)
     labels = stage_real_cohort.stage(a.cohort, a.real_scans, a.split, a.out / "stage", a.model, copies=a.copies,
-                                     seed=a.seed, limit_subjects=a.limit_subjects, reuse=a.reuse, log=log)
+                                     seed=a.seed, roles=roles, limit_subjects=stage_real_cohort.parse_limit(a.limit_subjects),
+                                     reuse=a.reuse, log=log)
     staging = json.loads((labels.parent / "staging.json").read_text())
     args = ["--model", str(a.model), "--data", str(labels.parent), "--out", str(a.out / "bench"),
             "--bench-md", "none"]

@@ -64,14 +64,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--copies", type=int, default=3, help="lesioned copies per val/test/cross head")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--roles", default=",".join(ROLE_TO_SPLIT), help="roles of the split file to stage")
-    p.add_argument("--limit-subjects", type=int, default=None,
-                   help="at most this many subjects per role (smoke runs; the first ones of the split file)")
+    p.add_argument("--limit-subjects", type=parse_limit, default=None,
+                   help="at most this many subjects per role (smoke runs; the first ones of the split file): N, "
+                        "or ROLE=N,... (e.g. train=2,calib=2,val=1,test=2; roles not named are not limited)")
     p.add_argument("--reuse", action="store_true",
                    help="keep subjects already staged in OUT with the same split file, seed, copies and front end")
     a = p.parse_args(argv)
     if a.copies < 1:
         p.error("--copies must be at least 1")
     return a
+
+
+def parse_limit(text: str | int | None) -> int | dict[str, int] | None:
+    """``--limit-subjects``: N (every role) or ROLE=N,ROLE=N."""
+    if text is None or isinstance(text, int):
+        return text
+    if "=" not in text:
+        return int(text)
+    out = {}
+    for part in text.split(","):
+        role, n = part.split("=", 1)
+        if role.strip() not in ROLE_TO_SPLIT:
+            raise argparse.ArgumentTypeError(f"unknown role {role!r} (roles: {', '.join(ROLE_TO_SPLIT)})")
+        out[role.strip()] = int(n)
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -122,7 +138,7 @@ def _frontend_key(model: Path) -> dict[str, Any]:
 
 
 def stage(cohort: Path, real_scans: Path | None, split_csv: Path, out: Path, model: Path, *, copies: int = 3,
-          seed: int = 0, roles: tuple[str, ...] = tuple(ROLE_TO_SPLIT), limit_subjects: int | None = None,
+          seed: int = 0, roles: tuple[str, ...] = tuple(ROLE_TO_SPLIT), limit_subjects: int | dict[str, int] | None = None,
           reuse: bool = False, log: Callable[[str], None] = print) -> Path:
     """Stage the split's heads under ``out/data`` (see the module docstring); returns labels.csv."""
     from real_split import read_split, scan_paths
@@ -157,7 +173,8 @@ def stage(cohort: Path, real_scans: Path | None, split_csv: Path, out: Path, mod
     picked: list[dict[str, str]] = []
     for role in roles:
         role_rows = [r for r in rows if r["role"] == role]
-        picked += role_rows[:limit_subjects] if limit_subjects else role_rows
+        n = limit_subjects.get(role) if isinstance(limit_subjects, dict) else limit_subjects
+        picked += role_rows[:n] if n is not None else role_rows
     picked_roles = sorted({r["role"] for r in picked})
     resolved = {r["subject"]: r for r in scan_paths(picked, picked_roles, cohort, real_scans)}
     for r in picked:

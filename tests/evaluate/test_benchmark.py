@@ -246,3 +246,43 @@ def test_nothing_before_the_final_step_can_read_test_ground_truth(tiny_model_dir
     assert ro["splits"] == ["test"] and ro["test_scans"] == 4 and ro["test_lesioned"] == 2
     assert res["methods"]["medidiff"]["row"]["voxel_ap"] is not None
     assert res["methods"]["medidiff"]["row"]["lesion_chance"] is not None
+
+
+def test_benchmark_writes_and_uses_the_models_method(tiny_model_dir, mni_small, tmp_path):
+    """--write-method stores the settings chosen on val as method.json before test is scored (and
+    --calibrate-model calibrates exactly them); --use-method scores with the stored method, no search;
+    --calibrate-model is refused when the stored method is not what was benchmarked."""
+    import shutil
+
+    from medidiff.score.calibration import Calibration
+    from medidiff.score.config import ScoreConfig
+    from medidiff.score.method import load_method
+
+    bench = _load_benchmark()
+    data, affine = mni_small
+    cohort = _cohort(tmp_path / "data", data, affine)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    common = ["--data", str(cohort), "--bench-md", "none", "--quick", "--t-grid", "0.25", "--no-refine",
+              "--set", "score.batch_size=4", "--baselines", "", "--n-boot", "50", "--no-plots", "--chance-draws", "0"]
+    res = bench.main(["--model", str(model), "--out", str(tmp_path / "b1"), "--write-method", "--calibrate-model"]
+                     + common, log=lambda m: None)
+    final = res["protocol"]["chosen_on_val"]["final_config"]
+    method = load_method(model)
+    assert method is not None and method.score_config == final and "val split" in method.provenance["chosen_on"]
+    test_run = tmp_path / "b1" / "runs" / "test_medidiff" / "run.json"
+    assert (model / "method.json").stat().st_mtime <= test_run.stat().st_mtime
+    cal = Calibration.load(model)
+    assert ScoreConfig.from_dict(cal.score_config).to_dict() == final
+    # the stored method, used as given: no val search, the copies score with it
+    res2 = bench.main(["--model", str(model), "--out", str(tmp_path / "b2"), "--use-method"] + common,
+                      log=lambda m: None)
+    assert res2["val_grid"] == [] and res2["protocol"]["chosen_on_val"]["final_config"] == final
+    assert res2["protocol"]["chosen_on_val"]["method_json"]["method_hash"] == method.settings_hash()
+    run = json.loads((tmp_path / "b2" / "runs" / "test_medidiff" / "run.json").read_text())
+    assert ScoreConfig.from_dict(run["score_config"]).to_dict() == final
+    # other settings than the stored method: calibrating the model folder with them is refused
+    with pytest.raises(SystemExit):
+        bench.main(["--model", str(model), "--out", str(tmp_path / "b3"), "--no-val-search", "--calibrate-model",
+                    "--set", "score.t_fractions=[0.1]"] + common, log=lambda m: None)
+    assert ScoreConfig.from_dict(Calibration.load(model).score_config).to_dict() == final

@@ -162,3 +162,13 @@ def test_staging_is_deterministic_and_reusable(staged, tmp_path):
     assert sum("reused" in m for m in logs) == 3
     with pytest.raises(SystemExit):
         stage.main(args + ["--out", str(tmp_path / "again"), "--reuse", "--copies", "3"], log=lambda m: None)
+
+
+def test_limit_subjects_per_role():
+    stage = load_pipeline("stage_real_cohort")
+    assert stage.parse_limit("3") == 3 and stage.parse_limit(None) is None
+    assert stage.parse_limit("train=2,calib=2,test=1") == {"train": 2, "calib": 2, "test": 1}
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        stage.parse_limit("tests=1")
