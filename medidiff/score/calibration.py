@@ -383,7 +383,8 @@ def calibration_settings(model_dir: str | Path, config_path: str | Path | None, 
             base = old.score_config
             log(f"{model_dir}: no {METHOD_FILE}: starting from the settings of its existing calibration")
         elif config_path is None:
-            log(f"{model_dir}: no {METHOD_FILE}: starting from the default settings (not a validated method)")
+            log(f"{model_dir}: no {METHOD_FILE}: starting from the default settings (not a validated method; "
+                f"copy the {METHOD_FILE} of the model you started from to keep its method)")
     cfg = load_score_config(config_path, overrides, base=None if config_path is not None else base)
     if method is not None:
         diff = method_diff(method.score_config, cfg)
