@@ -245,9 +245,14 @@ def _eval_set(labels_csv: Path, split: str, pcfg, cache, log) -> dict[str, Any]:
         rows = [r for r in csv.DictReader(fh) if r.get("split") == split]
     if not rows:
         raise SystemExit(f"{labels_csv}: no scans in split {split!r}")
-    out: dict[str, Any] = {"ids": [], "subjects": [], "labels": [], "images": [], "fgs": []}
+    out: dict[str, Any] = {"ids": [], "subjects": [], "labels": [], "images": [], "fgs": [], "skipped": {}}
     for r in rows:
-        im, fg = preprocess_cached(labels_csv.parent / r["path"], pcfg, cache, log)
+        try:
+            im, fg = preprocess_cached(labels_csv.parent / r["path"], pcfg, cache, log)
+        except Exception as exc:  # e.g. the front end's registration QC: left out of every arm alike
+            out["skipped"][r["scan_id"]] = str(exc)[:200]
+            log(f"warning: {r['scan_id']} left out of the evaluation: {str(exc)[:160]}")
+            continue
         out["ids"].append(r["scan_id"])
         out["subjects"].append(r.get("subject") or r["scan_id"])
         out["labels"].append(int(r["label"]))
@@ -327,7 +332,7 @@ def main_real(a, log: Callable[[str], None]) -> dict[str, Any]:
     result = {"mode": "real_split", "baseline": "normative (model grid)", "generator": str(a.generator),
               "generator_hash": gen.model_hash, "conditioning": list(names), "eval_split": a.eval_split,
               "labels": str(labels_csv), "n_eval_scans": int(len(y)), "n_eval_lesioned": int(y.sum()),
-              "n_eval_subjects": len(set(groups)), "arms": rows,
+              "n_eval_subjects": len(set(groups)), "eval_skipped": ev["skipped"], "arms": rows,
               "a": {"auroc_ratio": ratio, "ratio_ci95": ratio_ci(y, scores["synthetic"], scores["real"], groups,
                                                                  a.n_boot, a.seed),
                     "target_ratio": TARGET_RATIO, "met": None if ratio is None else ratio >= TARGET_RATIO},
