@@ -148,6 +148,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    metavar="KEY=VAL",
                    help="score the reference model with these settings instead of the chosen ones (e.g. the "
                         "settings it ships calibrated with); repeatable")
+    p.add_argument("--reference-use-method", action="store_true",
+                   help="score the reference model with its own method.json (plus --set) instead of the chosen settings")
     p.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME:KEY=VAL[;KEY=VAL]",
                    help="an extra val variant tried greedily after the built-in ones, e.g. "
                         "'smooth5:score.smoothing_size=5' (repeatable); with --no-val-search each variant is "
@@ -576,18 +578,22 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     else:
         chosen, final_ov, val_rows, score_rows, types = search_on_val(a, model, splits, out, labels, log)
     base = list(a.overrides)
+    method_record = None
+    if a.write_method:  # a choice made on val: stored before anything held out is scored
+        method_record = write_chosen_method(model, final_ov, info, val_rows, score_rows, command, log)
     if a.val_only:
         cache_scope.close()
+        if a.calibrate_model:
+            calibrate_model_folder(a, model, splits, final_ov, base, log)
         result = {"command": command, "machine": machine(), "chosen": chosen, "final_overrides": final_ov,
                   "val_grid": val_rows, "val_score_types": score_rows, "model": str(model), "data": str(data),
-                  "data_info": info, "seconds": round(time.perf_counter() - t_all, 1)}
+                  "data_info": info, "method_json": method_record, "seconds": round(time.perf_counter() - t_all, 1)}
         write_text_atomic(out / "benchmark_val.json", json.dumps(result, indent=2, default=str))
         for line in val_table(result):
             log(line)
         log(f"written: {out / 'benchmark_val.json'} ({result['seconds']:.0f} s; test not touched)")
         return result
 
-    method_record = None
     if a.use_method:
         from medidiff.score.method import load_method
 
@@ -595,8 +601,6 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         if m_ is None:
             raise SystemExit(f"--use-method: {model} has no method.json")
         method_record = {"used": True, "method_hash": m_.settings_hash(), "provenance": m_.provenance}
-    if a.write_method:  # a choice made on val: stored before anything held out is scored
-        method_record = write_chosen_method(model, final_ov, info, val_rows, score_rows, command, log)
     final_cfg = benchmarked_config(model, final_ov, a.use_method)
 
     # ---- 3: score the held-out splits once with the chosen settings (no label is read here)
@@ -612,24 +616,14 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         methods["medidiff"]["extra_runs"][split] = str(run)
     if a.reference_model:  # the model this one should replace: same scans, settings and post-processing
         ref = Path(a.reference_model)
-        ref_ov = final_ov if a.reference_overrides is None else base + a.reference_overrides
+        ref_ov = (base if a.reference_use_method else
+                  final_ov if a.reference_overrides is None else base + a.reference_overrides)
         r = score_setting(ref, "test_reference", ref_ov, splits["calib"], splits[TEST_SPLIT], out, a.device, log,
-                          reuse=a.reuse)
+                          reuse=a.reuse, with_method=a.reference_use_method)
         methods[f"reference ({ref.name})"] = {"run": r["run"], "settings": ref_ov, "extra_runs": {}}
 
     if a.calibrate_model:
-        from medidiff.score.calibration import calibrate_model
-        from medidiff.score.config import load_score_config
-        from medidiff.score.method import load_method
-
-        stored = load_method(model)  # calibrate_model starts from it: its settings + these overrides
-        ov = () if a.write_method else tuple(base if a.use_method else final_ov)
-        would = load_score_config(None, ov, base=stored.score_config if stored else None)
-        if would.to_dict() != final_cfg.to_dict():
-            raise SystemExit(f"--calibrate-model: {model}'s method.json holds other settings than the benchmarked "
-                             "ones; add --write-method (store the chosen settings as its method) or --use-method")
-        cal = calibrate_model(model, splits["calib"], overrides=ov, device=a.device, progress=False, log=log)
-        log(f"calibration for the chosen settings stored in {model} ({cal.n_scans} calib scans)")
+        calibrate_model_folder(a, model, splits, final_ov, base, log)
 
     # ---- 4: baselines: fit on train, the same post-processing and leave-one-out calibration on calib,
     # the same score-type choice on val, then the held-out splits scored once
@@ -731,6 +725,27 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
         + (f" and {a.bench_md}" if a.bench_md and a.bench_md.lower() != "none" else "")
         + f" ({result['seconds']:.0f} s)")
     return result
+
+
+def calibrate_model_folder(a: argparse.Namespace, model: Path, splits: dict[str, Path], final_ov: list[str],
+                           base: list[str], log: Callable[[str], None]) -> None:
+    """--calibrate-model: the calibration of the benchmarked settings stored in the model folder itself, on
+    the calib split; refused when calibrate_model (which starts from the folder's method.json) would
+    calibrate other settings than the benchmarked ones."""
+    from medidiff.score.calibration import calibrate_model
+    from medidiff.score.config import load_score_config
+    from medidiff.score.method import load_method
+
+    target = benchmarked_config(model, final_ov, a.use_method) if not a.write_method else benchmarked_config(
+        model, [], True)
+    stored = load_method(model)
+    ov = () if a.write_method else tuple(base if a.use_method else final_ov)
+    would = load_score_config(None, ov, base=stored.score_config if stored else None)
+    if would.to_dict() != target.to_dict():
+        raise SystemExit(f"--calibrate-model: {model}'s method.json holds other settings than the benchmarked "
+                         "ones; add --write-method (store the chosen settings as its method) or --use-method")
+    cal = calibrate_model(model, splits["calib"], overrides=ov, device=a.device, progress=False, log=log)
+    log(f"calibration for the chosen settings stored in {model} ({cal.n_scans} calib scans)")
 
 
 def write_chosen_method(model: Path, final_ov: list[str], info: dict[str, Any], val_rows, score_rows, command: str,

@@ -286,3 +286,10 @@ def test_benchmark_writes_and_uses_the_models_method(tiny_model_dir, mni_small, 
         bench.main(["--model", str(model), "--out", str(tmp_path / "b3"), "--no-val-search", "--calibrate-model",
                     "--set", "score.t_fractions=[0.1]"] + common, log=lambda m: None)
     assert ScoreConfig.from_dict(Calibration.load(model).score_config).to_dict() == final
+    # --val-only --write-method: the method is chosen and stored without touching test
+    model2 = tmp_path / "model2"
+    shutil.copytree(tiny_model_dir, model2)
+    res4 = bench.main(["--model", str(model2), "--out", str(tmp_path / "b4"), "--val-only", "--write-method"] + common,
+                      log=lambda m: None)
+    assert load_method(model2).score_config == bench.benchmarked_config(model2, res4["final_overrides"], False).to_dict()
+    assert not (tmp_path / "b4" / "runs" / "test_medidiff").exists() and res4["method_json"]["written"]
