@@ -33,6 +33,11 @@ class Scorer:
         self.loaded = loaded
         self.cfg = cfg
         self.calibration = calibration
+        # filled by load_scorer: the model's method, the folder's calibration (applied or not) and its check
+        self.method = None
+        self.calibration_record = calibration
+        self.calibration_check: CalibrationCheck | None = None
+        self.calibration_applied = calibration is not None
         self.reconstructor = Reconstructor(
             loaded, cfg, calibrated_precision=calibration.runtime.get("precision") if calibration else None,
             precision=precision)
