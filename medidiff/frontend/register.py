@@ -29,12 +29,15 @@ def _metric(seed: int, fixed_mask):
     return reg
 
 
-def _images(brain: np.ndarray, affine: np.ndarray, template: Template):
-    """(fixed template, its dilated brain mask, moving brain) as SimpleITK images."""
+def _images(brain: np.ndarray, affine: np.ndarray, template: Template, exclude: np.ndarray | None = None):
+    """(fixed template, its dilated brain mask less ``exclude``, moving brain) as SimpleITK images."""
     from scipy import ndimage
 
     fixed = to_sitk(template.t1, template.affine)
-    fixed_mask = to_sitk(ndimage.binary_dilation(template.brain, iterations=3).astype(np.uint8), template.affine)
+    sampled = ndimage.binary_dilation(template.brain, iterations=3)
+    if exclude is not None:
+        sampled &= ~np.asarray(exclude, dtype=bool)
+    fixed_mask = to_sitk(sampled.astype(np.uint8), template.affine)
     return fixed, fixed_mask, to_sitk(np.asarray(brain, dtype=np.float32), affine)
 
 
@@ -50,11 +53,14 @@ def _method(shrink: list[int], sigmas: list[float], seed: int, fixed_mask):
 
 
 def register_to_template(brain: np.ndarray, affine: np.ndarray, template: Template, kind: str = "affine",
-                         seed: int = 1) -> np.ndarray:
-    """4x4 RAS matrix ``template mm → scan mm`` for a skull-stripped ``brain`` image on ``affine``."""
+                         seed: int = 1, exclude: np.ndarray | None = None) -> np.ndarray:
+    """4x4 RAS matrix ``template mm → scan mm`` for a skull-stripped ``brain`` image on ``affine``.
+
+    ``exclude`` (bool, template grid): template voxels the metric must not sample, e.g. where a
+    lesion of the scan lies after a first registration."""
     import SimpleITK as sitk
 
-    fixed, fixed_mask, moving = _images(brain, affine, template)
+    fixed, fixed_mask, moving = _images(brain, affine, template, exclude)
     init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
     rigid_reg = _method([4, 2], [4.0, 2.0], seed, fixed_mask)

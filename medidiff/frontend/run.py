@@ -24,7 +24,7 @@ from ..volume import Volume
 from .bias import n4_log_field
 from .brain import brain_mask, resolve_method
 from .config import FrontEndConfig
-from .qc import check_brain_volume, check_similarity, ncc
+from .qc import check_brain_volume, check_registration, ncc
 from .register import refine_deformable, register_to_template
 from .template import Template, load_template
 
@@ -44,6 +44,7 @@ class FrontEndResult:
     warp_affine: np.ndarray | None = None  # voxel -> template RAS mm of the warp's grid
     qc: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # accepted by QC, but the user should look (one line each)
 
     def bias_factor_on(self, mapping) -> np.ndarray:
         """exp(log bias) sampled on a mapping's model grid (1 where the field is unknown)."""
@@ -199,6 +200,11 @@ def run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str = "mri",
         result = _run_frontend(volume, cfg, modality, template)
     if memo is not None:
         memo.put(key, result)
+    # a scan accepted with a QC warning (e.g. a large region unlike the template) carries it like a
+    # reader's warning, into every result, table and report of this scan (also on a memo hit)
+    for w in result.warnings:
+        if w not in volume.provenance.warnings:
+            volume.provenance.warnings.append(w)
     return result
 
 
@@ -228,15 +234,13 @@ def _run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str, template: 
 
     t0 = time.perf_counter()
     warp = None
-    if cfg.registration == "none":
-        to_scan = np.eye(4)
-    else:
-        kind = "affine" if cfg.registration == "deformable" else cfg.registration
-        to_scan = register_to_template(stripped, work_aff, template, kind=kind)
-    warped = resample(stripped, work_aff, to_scan @ template.affine, template.t1.shape, order=1, antialias=False)
-    similarity = ncc(warped, template.t1, template.brain)
-    check_similarity(similarity, cfg, where)  # the affine must be sound before a warp is allowed to bend it
-    qc = {"brain_method": method, "brain_volume_ml": round(brain_ml, 1), "registration_similarity": round(similarity, 4)}
+    kind = None if cfg.registration == "none" else "affine" if cfg.registration == "deformable" else cfg.registration
+    to_scan = np.eye(4) if kind is None else register_to_template(stripped, work_aff, template, kind=kind)
+    # the affine must be sound before a warp is allowed to bend it; a brain below the similarity limit
+    # gets a second look without its worst-matching region (a large lesion) before it is refused
+    nan = [w for w in volume.provenance.warnings if "NaN/Inf" in w]  # zeroed by the reader: never a "lesion"
+    to_scan, reg_qc, warnings = check_registration(stripped, work_aff, template, to_scan, cfg, where, kind, nan)
+    qc = {"brain_method": method, "brain_volume_ml": round(brain_ml, 1), **reg_qc}
     if cfg.registration == "deformable":
         warp = refine_deformable(stripped, work_aff, template, to_scan, cfg.deformable_spacing_mm)
         mapping = GridMapping(stripped.shape, work_aff, template.t1.shape, to_scan @ template.affine,
@@ -246,7 +250,7 @@ def _run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str, template: 
         qc["warp_p95_mm"] = round(float(np.percentile(np.linalg.norm(warp, axis=0)[template.brain], 95)), 2)
     secs["registration"] = time.perf_counter() - t0
     return FrontEndResult(brain_source=brain, template_to_scan=to_scan, work_affine=work_aff,
-                          log_bias=log_bias, qc=qc, seconds=secs, warp=warp,
+                          log_bias=log_bias, qc=qc, seconds=secs, warp=warp, warnings=warnings,
                           warp_affine=None if warp is None else template.affine)
 
 
