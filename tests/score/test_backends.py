@@ -20,16 +20,30 @@ MODELS = sorted(p.parent for p in (ROOT / "models").glob("*/calibration.json"))
 
 # ----------------------------------------------------------------------------- settings hash (no OpenVINO needed)
 
-@pytest.mark.parametrize("model", MODELS, ids=lambda p: p.name)
-def test_shipped_calibration_hashes_hold_with_the_backend_field(model):
-    cal = json.loads((model / "calibration.json").read_text())
-    sc, rt = cal["score_config"], cal["runtime"]
+# The shipped calibrations as stored (git 111f9f4 and 3ce3f0f; being replaced with retrained weights), and
+# any calibration a model folder ships now: the backend field must leave every stored hash valid.
+_2MM = {"t_fractions": [0.2, 0.3], "t_combine": "zscore", "steps": 1, "n_draws": 2, "batch_size": 8, "noise": None,
+        "precision": "auto", "seed": 0, "window_overlap": None, "structural_weight": 0.5, "ssim_sigma_mm": 6.0,
+        "smoothing": "median", "smoothing_size": 5, "erode_mm": 3.0, "normalization": "voxelwise",
+        "score": "largest_cluster", "min_component_mm3": 0, "topk_fraction": 0.005, "percentile": 99.9,
+        "refine": False, "refine_t_fraction": 0.1, "refine_dilate_mm": 4.0, "voxel_fpr": 0.001, "scan_fpr": 0.05}
+_4MM = {k: v for k, v in dict(_2MM, t_fractions=[0.1], n_draws=4, smoothing_size=3.0, min_component_mm3=0.0).items()
+        if k not in ("t_combine", "window_overlap")}
+_RUNTIME = {"precision": "bf16", "device": "cpu", "noise": "gaussian", "noise_params": {}}
+STORED = [("brain_t1_2mm@111f9f4", _2MM, _RUNTIME, "4174be2e8063d274"), ("sample@3ce3f0f", _4MM, _RUNTIME, "a0b541fd8cd349ab")]
+for _m in MODELS:
+    _c = json.loads((_m / "calibration.json").read_text())
+    STORED.append((_m.name, _c["score_config"], _c["runtime"], _c["score_config_hash"]))
+
+
+@pytest.mark.parametrize("name, sc, rt, stored_hash", STORED, ids=[s[0] for s in STORED])
+def test_shipped_calibration_hashes_hold_with_the_backend_field(name, sc, rt, stored_hash):
     assert "backend" not in sc  # made before the field existed
     assert ScoreConfig.from_dict(sc).backend == "torch"
     # the default backend, implicit or explicit, keeps the shipped hash
-    assert cal["score_config_hash"] in stored_hash_forms(sc, rt)
+    assert stored_hash in stored_hash_forms(sc, rt)
     assert ScoreConfig.from_dict(dict(sc, backend="torch")).hash(rt) == ScoreConfig.from_dict(sc).hash(rt)
-    assert cal["score_config_hash"] in stored_hash_forms(dict(sc, backend="torch"), rt)
+    assert stored_hash in stored_hash_forms(dict(sc, backend="torch"), rt)
     # another backend is other settings
     assert ScoreConfig.from_dict(dict(sc, backend="openvino")).hash(rt) not in stored_hash_forms(sc, rt)
 
@@ -198,6 +212,8 @@ def test_shipped_2mm_model_maps_agree_with_torch(cache):
     from medidiff.score.pipeline import Scorer
     from medidiff.train.checkpoint import load_model
 
+    if not (BRAIN_2MM / "calibration.json").is_file():
+        pytest.skip("models/brain_t1_2mm ships no calibration right now (the tolerance is in calibrated z units)")
     loaded = load_model(BRAIN_2MM)
     cal = Calibration.load(BRAIN_2MM, loaded.model_hash)
     scorers = {be: Scorer(loaded, load_score_config(None, [f"score.backend={be}"], base=cal.score_config), cal)
@@ -219,26 +235,30 @@ def test_shipped_2mm_model_maps_agree_with_torch(cache):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.skipif(not all(p.is_file() for p in SCANS), reason="sample_data val scans not present")
 def test_gpu_scores_a_scan_like_the_cpu():
-    """End to end on the GPU (model, noise and windows on CUDA) against the CPU, both in fp32: the
-    maps agree closely and the flags are the same. Tolerances as for the exported CPU runtime (not
-    yet measured on a GPU: CUDA convolutions may use TF32)."""
+    """End to end on the GPU (model, noise and windows on CUDA) against the CPU, both in fp32, with the
+    model's method (and its calibration when it ships one): the maps agree within a tenth of their own
+    99.9th percentile everywhere (about 0.4 z when calibrated, as for the exported CPU runtime; not yet
+    measured on a GPU: CUDA convolutions may use TF32), and flags are the same."""
     from medidiff.io.discover import discover
     from medidiff.score.calibration import Calibration
     from medidiff.score.config import load_score_config
+    from medidiff.score.method import load_method
     from medidiff.score.pipeline import Scorer
     from medidiff.train.checkpoint import load_model
 
+    method = load_method(BRAIN_2MM)
     results = {}
     for dev in ("cpu", "cuda"):
         loaded = load_model(BRAIN_2MM, device=dev)
-        cal = Calibration.load(BRAIN_2MM, loaded.model_hash)
-        cfg = load_score_config(None, ["score.precision=fp32"], base=cal.score_config)
-        scorer = Scorer(loaded, cfg, cal)
+        cal = Calibration.load(BRAIN_2MM, loaded.model_hash) if (BRAIN_2MM / "calibration.json").is_file() else None
+        base = method.score_config if method is not None else None
+        scorer = Scorer(loaded, load_score_config(None, ["score.precision=fp32"], base=base), cal)
         assert scorer.runtime_settings()["device"] == dev
         results[dev] = [scorer.score_volume(discover(p).scans[0].load(), keep_model_grid=True) for p in SCANS]
     for a, b in zip(results["cpu"], results["cuda"]):
         assert b.anomaly_map.shape == a.anomaly_map.shape
-        za, zb = a.model_grid.amap, b.model_grid.amap
-        assert float(np.abs(za - zb).max()) < 0.5
+        za, zb, region = a.model_grid.amap, b.model_grid.amap, a.model_grid.region
+        scale = float(np.percentile(np.abs(za[..., region] if za.ndim == region.ndim else za), 99.9))
+        assert float(np.abs(za - zb).max()) <= 0.1 * scale
+        assert np.corrcoef(za.ravel(), zb.ravel())[0, 1] > 0.99
         assert a.flag == b.flag
-        assert abs(a.score - b.score) <= 0.05 * max(abs(a.score), 1000.0)
