@@ -52,7 +52,10 @@ args = json.loads(sys.argv[1])
 threads = set_threads()
 loaded = load_model(args["model"])
 cal = Calibration.load(args["model"], loaded.model_hash)
-cfg = load_score_config(None, args["overrides"], base=cal.score_config if cal else None)
+from medidiff.score.method import load_method
+method = load_method(args["model"])  # the model's validated settings; else its calibration's; else defaults
+base = method.score_config if method is not None else cal.score_config if cal else None
+cfg = load_score_config(None, args["overrides"], base=base)
 t0 = time.perf_counter()
 scorer = Scorer(loaded, cfg, cal)
 if args.get("whole_grid"):  # a patch model's U-Net on the whole grid at once: one window
@@ -272,6 +275,7 @@ def val_ap(model: str, data: str, rows: list[tuple[str, str, list[str]]], calib_
     from medidiff.runtime import set_threads
     from medidiff.score.calibration import Calibration, calibrate_maps
     from medidiff.score.config import load_score_config
+    from medidiff.score.method import load_method
     from medidiff.score.pipeline import Scorer
     from medidiff.io.discover import discover
     from medidiff.train.checkpoint import load_model
@@ -284,12 +288,14 @@ def val_ap(model: str, data: str, rows: list[tuple[str, str, list[str]]], calib_
     val = ([r for r in val if r["label"] == "1"][: val_n - val_n // 3] + [r for r in val if r["label"] == "0"])[:val_n]
     loaded = load_model(model)
     shipped = Calibration.load(model, loaded.model_hash)
+    method = load_method(model)
     results, times = [], []
     with frontend_memo():
         vols = {r["scan_id"]: discover(root / r["path"]).scans[0].load() for r in calib + val}
         for name, be, overrides in rows:
             overrides, whole = split_overrides(overrides + ([] if be == "torch" else [f"score.backend={be}"]))
-            cfg = load_score_config(None, overrides, base=shipped.score_config if shipped else None)
+            cfg = load_score_config(None, overrides, base=method.score_config if method is not None
+                                    else shipped.score_config if shipped else None)
             scorer = Scorer(loaded, cfg, None)
             if whole:
                 sw = loaded.network
