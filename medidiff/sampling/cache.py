@@ -4,7 +4,8 @@ Benchmarks of a generator read the same real heads many times (reference set, tr
 memorisation check, usefulness arms); the front end (brain extraction, N4, registration) costs
 10-20 s per head on one CPU thread. ``preprocess_cached`` keeps each result as a safetensors file
 keyed by the scan's path, size and modification time and by the preprocessing config, so a
-changed scan or setting is preprocessed again and nothing is unpickled.
+changed scan or setting is preprocessed again and nothing is unpickled. A scan the front end
+refuses (e.g. its registration QC) is remembered as ``KEY.failed.json`` and refused again at once.
 """
 
 from __future__ import annotations
@@ -42,12 +43,23 @@ def preprocess_cached(path: str | Path, pcfg, cache_dir: str | Path | None,
         _refuse_pickle(cpath)
         t = load_file(str(cpath))
         return t["image"].numpy(), t["foreground"].numpy().astype(bool)
+    failed = cpath.with_suffix(".failed.json") if cpath is not None else None
+    if failed is not None and failed.is_file():  # the front end refused this scan before: do not rerun it
+        raise ValueError(json.loads(failed.read_text()).get("error", "preprocessing failed before"))
     sources = list_scans(path)
     if len(sources) != 1:
         raise ValueError(f"{path}: expected one scan, found {len(sources)}")
     if log:
         log(f"preprocessing {path.name}")
-    pp = preprocess(sources[0].load(), pcfg)
+    try:
+        pp = preprocess(sources[0].load(), pcfg)
+    except Exception as exc:
+        if failed is not None:
+            from ..io.atomic import write_text_atomic
+
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(failed, json.dumps({"path": str(path), "error": f"{type(exc).__name__}: {exc}"[:500]}))
+        raise
     image, fg = np.asarray(pp.image, np.float32), np.asarray(pp.foreground, bool)
     if cpath is not None:
         import torch

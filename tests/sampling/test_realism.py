@@ -127,3 +127,32 @@ def test_realism_benchmark_end_to_end(cohort_and_generator):
     assert side["condition"] == {"age": 52.0, "sex": "M"}  # sample 0 at the first reference head's age and sex
     md = (root / "realism" / "realism.md").read_text()
     assert "| measure | tiny | real vs real | target |" in md and "nearest-training-subject" in md
+
+
+def test_preprocess_cache_keeps_results_and_refusals(mni_small, tmp_path, monkeypatch):
+    from medidiff.generator.config import load_generator_config
+    from medidiff.sampling import cache as cache_mod
+
+    data, affine = mni_small
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "head.nii.gz"))
+    pcfg = load_generator_config(ROOT / "configs" / "generator_tiny.yaml").preprocess
+    first = cache_mod.preprocess_cached(tmp_path / "head.nii.gz", pcfg, tmp_path / "c")
+    calls = []
+    import medidiff.preprocess as pre_mod
+
+    real = pre_mod.preprocess
+
+    def counting(vol, cfg):
+        calls.append(1)
+        if vol.array.max() == 0:
+            raise ValueError("empty scan")
+        return real(vol, cfg)
+
+    monkeypatch.setattr(pre_mod, "preprocess", counting)
+    again = cache_mod.preprocess_cached(tmp_path / "head.nii.gz", pcfg, tmp_path / "c")
+    assert not calls and np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    nib.save(nib.Nifti1Image(np.zeros_like(data), affine), str(tmp_path / "empty.nii.gz"))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="empty scan"):
+            cache_mod.preprocess_cached(tmp_path / "empty.nii.gz", pcfg, tmp_path / "c")
+    assert len(calls) == 1  # the refusal is remembered: the front end ran once
