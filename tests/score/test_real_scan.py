@@ -43,3 +43,23 @@ def test_real_whole_head_scan_goes_through_the_front_end_and_back_onto_its_own_g
     # scores.csv shows the QC numbers next to the score
     header = (out / "scores.csv").read_text().splitlines()[0].split(",")
     assert {"brain_volume_ml", "registration_similarity", "brain_inside_grid"} <= set(header)
+
+
+def test_real_healthy_test_heads_score_below_the_scan_threshold(tmp_path):
+    """Two real healthy heads of the real cohort's *test* role (IXI, never trained, calibrated or
+    tuned on) are scored with the quick-start model and its shipped calibration: not flagged."""
+    import pandas as pd
+
+    from medidiff.score.batch import score_folder
+
+    ixi = ROOT / "sample_data" / "real" / "ixi_hh"
+    out = tmp_path / "out"
+    score_folder(ROOT / "models" / "sample", ixi, out, dicom_outputs=False, progress=False, log=lambda m: None)
+    run = json.loads((out / "run.json").read_text())
+    assert run["calibration"]["valid"], run["calibration"].get("invalid_reason")
+    threshold = run["calibration"]["scan_threshold"]
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 2 and (scores.status == "ok").all()
+    for row in scores.itertuples():
+        assert row.score < threshold, f"{row.scan_id}: {row.score:.0f} mm³ against a scan threshold of {threshold:.0f}"
+        assert not bool(row.flag)
