@@ -1,4 +1,3 @@
-import time
 
 import pytest
 import torch
@@ -31,13 +30,6 @@ def test_structured_noise_is_spatially_correlated(kind):
 
     assert lag1(z) > 0.5
     assert abs(lag1(g)) < 0.1
-
-
-def test_simplex_cheaper_than_a_network_step():
-    t0 = time.perf_counter()
-    make_noise("simplex", (2, 1, 56, 64, 56), torch.Generator().manual_seed(0))
-    # ~0.35 s on 2 idle cores; a training step at this size is ~3 s. Loose bound for busy CI machines.
-    assert time.perf_counter() - t0 < 5.0
 
 
 def test_bad_kind_and_params():

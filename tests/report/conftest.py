@@ -97,7 +97,7 @@ def scored_run(mni_small, tmp_path_factory):
 # a real run: the bundled template-space model on a real head, a lesioned scan and a QC failure
 
 REAL_HEAD = ROOT / "sample_data" / "real" / "siemens_t1_2d_sag_hfs"
-LESIONED = "test_a18"  # one hyperintense lesion of 13 cm³ (sample_data/lesions.json)
+LESIONED = "test_a07"  # one hyperintense lesion of 7.6 cm³ (sample_data/lesions.json)
 QC_RANGES = Path(__file__).resolve().parent / "data" / "sample_calib_qc_ranges.json"
 
 

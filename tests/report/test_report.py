@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import nibabel as nib
 import numpy as np
@@ -97,12 +96,11 @@ def test_lps_and_ras_render_identically(mni_small, tmp_path):
         stored = [reorient(x, affine, kind) for x in (data, amap, mask, recon)]
         a = stored[0][1]
         assert "".join(nib.aff2axcodes(a)) == kind
-        t0 = time.perf_counter()
         v = render_scan(tmp_path / kind, stored[1][0], a, ColourScale(10.0, 4.0, "anomaly"), scan=stored[0][0],
                         mask=stored[2][0], gt=stored[2][0], recon=stored[3][0],
                         cluster_worlds=[(-30.0, 10.0, 40.0), (30.0, -40.0, -30.0)])
-        outs[kind] = (v, time.perf_counter() - t0)
-    (ras, t_ras), (lps, _) = outs["RAS"], outs["LPS"]
+        outs[kind] = v
+    ras, lps = outs["RAS"], outs["LPS"]
     assert ras.labels == lps.labels
     assert ras.labels["axial"] == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
     assert ras.labels["coronal"] == {"left": "R", "right": "L", "top": "S", "bottom": "I"}
@@ -114,7 +112,6 @@ def test_lps_and_ras_render_identically(mni_small, tmp_path):
         a = np.asarray(__import__("matplotlib.image", fromlist=["imread"]).imread(tmp_path / "RAS" / name))
         b = np.asarray(__import__("matplotlib.image", fromlist=["imread"]).imread(tmp_path / "LPS" / name))
         assert a.shape == b.shape and np.array_equal(a, b), name
-    assert t_ras < 3.0  # ~0.5 s on a free core
 
 
 def test_view_geometry_follows_the_affine():

@@ -33,8 +33,8 @@ def test_shipped_2mm_model_is_a_calibrated_patch_model():
 def test_2mm_model_scores_a_lesion_on_the_scan_grid(tmp_path):
     from medidiff.score.batch import score_folder
 
-    scan = ROOT / "sample_data" / "test" / "test_a02.nii.gz"  # one ring lesion, 17 cm³
-    mask = nib.load(ROOT / "sample_data" / "masks" / "test" / "test_a02_mask.nii.gz")
+    scan = ROOT / "sample_data" / "test" / "test_a06.nii.gz"  # a ring lesion of 16 cm³ and a small WM cluster
+    mask = nib.load(ROOT / "sample_data" / "masks" / "test" / "test_a06_mask.nii.gz")
     (tmp_path / "in").mkdir()
     shutil.copy(scan, tmp_path / "in" / scan.name)
     out = tmp_path / "out"
