@@ -38,7 +38,7 @@ import torch
 
 from ..io.atomic import write_text_atomic
 from ..jsonutil import json_default
-from ..preprocess import PreprocessConfig
+from ..preprocess_config import PreprocessConfig
 from ..train import checkpoint as ckpt
 from ..train.data import PreparedData, make_batch, prepare, sample_indices, step_seed
 from ..train.loop import lr_lambda_factory
