@@ -56,7 +56,7 @@ def sha256_file(path: str | Path) -> str:
 
 def _version() -> str:
     try:
-        from .. import __version__
+        from ..version import __version__
 
         return str(__version__)
     except Exception:  # pragma: no cover
