@@ -57,7 +57,7 @@ def train(
     if seed is not None:
         cfg.train.seed = int(seed)
     if dry_run:
-        from .loop import dry_run_report
+        from .dry_run import dry_run_report
 
         rep = {"config": cfg.to_dict(), **dry_run_report(cfg, device)}
         if data is not None:
@@ -71,7 +71,7 @@ def train(
         console.print("[red]--data is required unless --dry-run[/red]")
         raise typer.Exit(2)
     from .checkpoint import CheckpointError
-    from .loop import run_training
+    from .run import run_training
 
     try:
         res = run_training(cfg, data, out, resume=resume, max_minutes=max_minutes, device=device,
