@@ -5,4 +5,6 @@ Data flow, one subpackage per stage:
 ``model`` / ``train`` → ``score`` (reconstruct, maps, calibrate) → ``evaluate`` → ``report``.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__"]

@@ -1,6 +1,6 @@
-"""Thin typer CLI. Each command lives in ``medidiff.commands.<name>`` and does
-its heavy imports (torch, monai, pydicom) inside the function, so
-``medidiff --help`` stays fast."""
+"""Thin typer CLI. Each command lives in ``medidiff.commands.<name>`` (training's in
+``medidiff.train.cli``, which ``python -m medidiff.train`` runs too) and does its heavy
+imports (torch, monai, pydicom) inside the function, so ``medidiff --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .commands.info import info
 from .commands.report import report
 from .commands.score import calibrate, score
 from .commands.synthesize import synthesize
-from .commands.train import train
+from .train.cli import train
 
 app = typer.Typer(
     name="medidiff",

@@ -140,7 +140,7 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     a = parse(argv)
     if a.cohort is not None:
         return main_real(a, log)
-    from medidiff.preprocess import PreprocessConfig
+    from medidiff.preprocess_config import PreprocessConfig
     from medidiff.runtime import set_threads
 
     set_threads()

@@ -35,7 +35,8 @@ def peak_rss_mib() -> float:
 def measure(cfg, data: Path, steps: int, device: str, threads: int | None = None) -> dict:
     """Time ``steps`` training steps (after 2 warm-up steps) at the configured settings."""
     from medidiff.train.data import list_scans, prepare
-    from medidiff.train.loop import Trainer, set_threads
+    from medidiff.runtime import set_threads
+    from medidiff.train.loop import Trainer
 
     set_threads(1, threads)
     t0 = time.monotonic()
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from medidiff.model.config import load_config
-    from medidiff.train.loop import run_training
+    from medidiff.train.run import run_training
 
     cfg = load_config(args.config, args.overrides)
     val_split = "calib"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medidiff.frontend import load_template
-from medidiff.preprocess import resample
+from medidiff.geometry import resample
 from medidiff.volume import Provenance, Volume
 
 

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from medidiff.preprocess import GridMapping, PreprocessConfig, model_affine, preprocess, resample
+from medidiff.geometry import GridMapping, model_affine, resample
+from medidiff.preprocess import preprocess
+from medidiff.preprocess_config import PreprocessConfig
 from medidiff.volume import Volume
 
 
@@ -201,7 +203,7 @@ def test_zero_displacement_is_the_affine_mapping():
 
 @pytest.mark.parametrize("stored", ["RAS", "LPS-permuted"])
 def test_displaced_mapping_samples_the_warped_points_and_inverts(stored):
-    from medidiff.preprocess import invert_displacement
+    from medidiff.geometry import invert_displacement
 
     shape = (28, 32, 26)
     src_aff = _ras_affine((1.0, 1.0, 1.0), (-50, -55, -45))

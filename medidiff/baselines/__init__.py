@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..preprocess import PreprocessConfig
+from ..preprocess_config import PreprocessConfig
 from .common import BASELINE_DIR, BaselineError, BaselineMethod, run_baseline
 
 NAMES = ("intensity", "intensity-hyper", "intensity-hypo", "intensity-abs", "normative", "autoencoder")

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..io.atomic import atomic_path, write_text_atomic
-from ..preprocess import PreprocessConfig
+from ..preprocess_config import PreprocessConfig
 from ..score.cache import preprocessed
 from ..score.config import ScoreConfig
 from ..score.maps import raw_map, scoring_mask

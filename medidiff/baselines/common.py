@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 
 BASELINE_DIR = "baseline"
 BASELINE_SCORE_DEFAULTS = {"normalization": "none"}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..preprocess import PreprocessConfig
+from ..preprocess_config import PreprocessConfig
 from ..score.cache import preprocessed
 from ..score.config import ScoreConfig
 from ..score.maps import scoring_mask

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..io.atomic import atomic_path, write_text_atomic
-from ..preprocess import PreprocessConfig, Preprocessed
+from ..preprocess import Preprocessed
+from ..preprocess_config import PreprocessConfig
 from ..score.cache import preprocessed
 from ..score.config import ScoreConfig
 from ..score.maps import scoring_mask

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..masks import fill_holes, largest_component, otsu_threshold
 from ..volume import Volume
 
 
@@ -30,8 +31,6 @@ def resolve_method(method: str, volume: Volume, modality: str, max_brain_ml: flo
     lo, hi = float(arr.min()), float(arr.max())
     at_min = float((arr <= lo + 1e-6 * (hi - lo)).mean())
     if at_min >= 0.3:
-        from ..preprocess import largest_component, otsu_threshold
-
         fg_ml = float(largest_component(arr > otsu_threshold(arr)).sum()) * abs(np.linalg.det(volume.affine[:3, :3])) / 1e3
         if fg_ml <= max_brain_ml:
             return "skull_stripped"
@@ -45,8 +44,6 @@ def brain_mask(volume: Volume, method: str) -> np.ndarray:
     if method == "ct_hu":
         return _ct_brain(volume.array, volume.spacing)
     if method == "skull_stripped":
-        from ..preprocess import fill_holes, largest_component, otsu_threshold
-
         arr = volume.array
         mask = arr > otsu_threshold(arr)
         return fill_holes(largest_component(mask)) if mask.any() else mask

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..geometry import resample
 from ..io.errors import ScanError
 from .config import FrontEndConfig
 
@@ -146,7 +147,6 @@ def check_registration(stripped: np.ndarray, work_affine: np.ndarray, template, 
     within :data:`MAX_REFIT_SHIFT_MM` of the first fit. ``causes``: what else is known to be wrong with
     the image (the reader's NaN/Inf warnings): the warning names it, so a hole of unknown values is
     never passed off as a lesion."""
-    from ..preprocess import resample
     from .register import register_to_template
 
     def warp(m):

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..geometry import GridMapping, resample
 from ..volume import Volume
 from .bias import n4_log_field
 from .brain import brain_mask, resolve_method
@@ -209,8 +210,6 @@ def run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str = "mri",
 
 
 def _run_frontend(volume: Volume, cfg: FrontEndConfig, modality: str, template: Template | None) -> FrontEndResult:
-    from ..preprocess import GridMapping, resample
-
     template = template or load_template(cfg.template)
     where, secs = source_label(volume), {}
     t0 = time.perf_counter()

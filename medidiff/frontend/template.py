@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..geometry import model_affine
+
 DATA_DIR = Path(__file__).parent / "data"
 TEMPLATES = ("mni152_2009a",)
 
@@ -64,7 +66,5 @@ def load_template(name: str = "mni152_2009a") -> Template:
 
 def template_grid_affine(spacing, grid, template: Template | None = None) -> np.ndarray:
     """RAS affine of the model lattice: ``grid`` voxels of ``spacing`` mm centred on the template brain."""
-    from ..preprocess import model_affine
-
     template = template or load_template()
     return model_affine(spacing, grid, template.brain_centre())

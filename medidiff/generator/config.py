@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..model.config import AugmentConfig, ConfigError, _from_dict, _tuple, apply_overrides, load_config_dict
-from ..preprocess import PreprocessConfig
+from ..preprocess_config import PreprocessConfig
 
 SCHEDULERS = ("rflow", "ddpm")
 CONDITIONS = ("age", "sex")  # the IXI demographics; see medidiff.generator.conditioning

@@ -38,10 +38,10 @@ import torch
 
 from ..io.atomic import write_text_atomic
 from ..jsonutil import json_default
-from ..preprocess import PreprocessConfig
+from ..preprocess_config import PreprocessConfig
 from ..train import checkpoint as ckpt
 from ..train.data import PreparedData, make_batch, prepare, sample_indices, step_seed
-from ..train.loop import lr_lambda_factory
+from ..train.lr_schedule import lr_lambda_factory
 from .config import GeneratorConfig, StageConfig
 from .store import build_autoencoder, build_latent_unet, save_generator
 
@@ -220,7 +220,7 @@ class Stage:
             log_fn: Callable[[str], None] = print, max_new_steps: int | None = None) -> str:
         """Train until max_steps, the wall-clock ``deadline`` (time.monotonic()) or ``max_new_steps``
         steps in this call; returns why it stopped."""
-        from ..train.loop import catch_stop_signals, restore_signals
+        from ..train.stop_signals import catch_stop_signals, restore_signals
 
         start = self.step
         stop_signal: list[int] = []

@@ -16,7 +16,10 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..volume import Volume
-from . import dicom as dcm
+from .dicom import (
+    MOSAIC_REASON, DicomStack, SliceHeader, _pixel_bytes_ok, classify, group_slices, is_enhanced, load_stack,
+    missing_from_stack, read_header, slice_geometry, slice_header, stack_from_enhanced, stack_from_slices,
+)
 from .errors import ScanError
 from .naming import scan_id_for_path, scan_id_for_series
 from .nifti import DEFAULT_MAX_VOXELS, checked_shape, default_max_voxels, is_nifti_path, load_header, read_nifti  # noqa: F401
@@ -54,7 +57,7 @@ def group_skipped(skipped: list[Skipped]) -> list[tuple[str, int, str]]:
     folder (the slices of one refused series) become one row."""
     groups: dict[tuple[str, str], list[str]] = {}
     for s in skipped:
-        per_series = s.reason.startswith("series ") or s.reason == dcm.MOSAIC_REASON
+        per_series = s.reason.startswith("series ") or s.reason == MOSAIC_REASON
         key = (str(Path(s.path).parent), s.reason) if per_series else (s.path, s.reason)
         groups.setdefault(key, []).append(s.path)
     rows = []
@@ -77,7 +80,7 @@ class ScanRef:
     series_description: str | None = None
     series_uid: str | None = None
     warnings: list[str] = field(default_factory=list)
-    _stack: dcm.DicomStack | None = field(default=None, repr=False)
+    _stack: DicomStack | None = field(default=None, repr=False)
     _root: Path | None = field(default=None, repr=False)
 
     @property
@@ -91,7 +94,7 @@ class ScanRef:
         max_voxels = default_max_voxels() if max_voxels is None else max_voxels
         if self._stack is not None:
             check_voxels(self.source, self.shape, max_voxels)
-            vol = dcm.load_stack(self._stack, scan_id=self.scan_id)
+            vol = load_stack(self._stack, scan_id=self.scan_id)
         else:
             vol = read_nifti(self.paths[0], root=self._root, max_voxels=max_voxels)
             vol.provenance.scan_id = self.scan_id
@@ -180,63 +183,79 @@ def discover(path: str | os.PathLike, max_voxels: int | None = None,
         result.skipped.append(Skipped(str(root), "path does not exist", "check the spelling of the input path"))
         return result
     base = root if root.is_dir() else root.parent
-    slice_headers: list[dcm.SliceHeader] = []
+    slice_headers: list[SliceHeader] = []
     # Series UID of DICOM files refused one by one (truncated, no pixel data, ...),
     # so a series that then lacks them says why.
     refused_in_series: dict[str, list[tuple[Skipped, tuple]]] = {}
     for p in iter_files(root, result.skipped, exclude):
         try:
-            if is_nifti_path(p):
-                result.scans.append(_nifti_ref(p, base, max_voxels))
-                continue
-            if p.suffix.lower() in NON_SCAN_SUFFIXES:
-                result.skipped.append(Skipped(str(p), f"not a scan file ({p.suffix.lower()}), ignored"))
-                continue
-            if p.stat().st_size == 0:
-                result.skipped.append(Skipped(str(p), "empty file (0 bytes)", "an interrupted copy? copy it again"))
-                continue
-            ds = dcm.read_header(p)
-            reason = dcm.classify(ds, str(p))
-            if reason is None:
-                reason = dcm._pixel_bytes_ok(ds, str(p))
-            if reason is not None:
-                skip = Skipped(str(p), reason)
-                result.skipped.append(skip)
-                uid = str(ds.get("SeriesInstanceUID", "") or "")
-                # only a refused would-be slice makes its series incomplete; a raw-data object or a
-                # pixel-less non-image file that shares the UID does not
-                geometry = dcm.slice_geometry(ds)
-                if uid and geometry is not None:
-                    refused_in_series.setdefault(uid, []).append((skip, geometry))
-                continue
-            if dcm.is_enhanced(ds):
-                stack = dcm.stack_from_enhanced(ds, str(p))
-                check_voxels(str(p), stack.shape, max_voxels)
-                result.scans.append(_dicom_ref(stack, base))
-            elif int(ds.get("NumberOfFrames", 1) or 1) > 1:
-                result.skipped.append(Skipped(str(p), "multi-frame object without per-frame geometry "
-                                                      "(cine/2D multi-frame), not a volume"))
-            else:
-                slice_headers.append(dcm.slice_header(ds, str(p)))
+            _examine_file(p, base, max_voxels, result, slice_headers, refused_in_series)
         except ScanError as exc:
             result.skipped.append(Skipped(str(p), exc.reason, exc.hint))
         except Exception as exc:  # one bad file never stops the walk
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             result.skipped.append(Skipped(str(p), f"unexpected error: {exc.__class__.__name__}: {first}",
                                           "please report this file's problem to the medidiff developers"))
+    _stack_series(slice_headers, refused_in_series, base, max_voxels, result)
+    _dedupe_ids(result.scans)
+    result.scans.sort(key=lambda s: s.scan_id)
+    return result
 
-    groups = dcm.group_slices(slice_headers)
+
+def _examine_file(p: Path, base: Path, max_voxels: int, result: Discovery, slice_headers: list[SliceHeader],
+                  refused_in_series: dict[str, list[tuple[Skipped, tuple]]]) -> None:
+    """One file of the walk: a NIfTI or enhanced DICOM scan into ``result.scans``, a DICOM slice into
+    ``slice_headers`` (stacked later), anything else into ``result.skipped`` with its reason."""
+    if is_nifti_path(p):
+        result.scans.append(_nifti_ref(p, base, max_voxels))
+        return
+    if p.suffix.lower() in NON_SCAN_SUFFIXES:
+        result.skipped.append(Skipped(str(p), f"not a scan file ({p.suffix.lower()}), ignored"))
+        return
+    if p.stat().st_size == 0:
+        result.skipped.append(Skipped(str(p), "empty file (0 bytes)", "an interrupted copy? copy it again"))
+        return
+    ds = read_header(p)
+    reason = classify(ds, str(p))
+    if reason is None:
+        reason = _pixel_bytes_ok(ds, str(p))
+    if reason is not None:
+        skip = Skipped(str(p), reason)
+        result.skipped.append(skip)
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        # only a refused would-be slice makes its series incomplete; a raw-data object or a
+        # pixel-less non-image file that shares the UID does not
+        geometry = slice_geometry(ds)
+        if uid and geometry is not None:
+            refused_in_series.setdefault(uid, []).append((skip, geometry))
+        return
+    if is_enhanced(ds):
+        stack = stack_from_enhanced(ds, str(p))
+        check_voxels(str(p), stack.shape, max_voxels)
+        result.scans.append(_dicom_ref(stack, base))
+    elif int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        result.skipped.append(Skipped(str(p), "multi-frame object without per-frame geometry "
+                                              "(cine/2D multi-frame), not a volume"))
+    else:
+        slice_headers.append(slice_header(ds, str(p)))
+
+
+def _stack_series(slice_headers: list[SliceHeader], refused_in_series: dict[str, list[tuple[Skipped, tuple]]],
+                  base: Path, max_voxels: int, result: Discovery) -> None:
+    """The collected DICOM slices stacked into one scan per series (and stack), each refused series'
+    files skipped with the reason; a series missing files refused earlier says so."""
+    groups = group_slices(slice_headers)
     per_uid: dict[str, int] = {}
     for (uid, *_), headers in groups:
         idx = per_uid.get(uid, 0)
         per_uid[uid] = idx + 1
-        refused = [s for s, geometry in refused_in_series.get(uid, []) if dcm.missing_from_stack(headers, geometry)]
+        refused = [s for s, geometry in refused_in_series.get(uid, []) if missing_from_stack(headers, geometry)]
         because = ""
         if refused:
             because = (f"; {len(refused)} file(s) of this series were refused, e.g. "
                        f"{Path(refused[0].path).name}: {refused[0].reason}")
         try:
-            stack = dcm.stack_from_slices(headers, stack_index=idx)
+            stack = stack_from_slices(headers, stack_index=idx)
             check_voxels(_series_label(headers), stack.shape, max_voxels)
             ref = _dicom_ref(stack, base)
             if refused:
@@ -248,9 +267,6 @@ def discover(path: str | os.PathLike, max_voxels: int | None = None,
             reason = exc.reason + because + (f" ({exc.hint})" if exc.hint else "")
             for h in headers:
                 result.skipped.append(Skipped(h.path, f"series {uid}: {reason}"))
-    _dedupe_ids(result.scans)
-    result.scans.sort(key=lambda s: s.scan_id)
-    return result
 
 
 def check_voxels(where: str, shape, max_voxels: int | None = None) -> None:
@@ -281,7 +297,7 @@ def _nifti_ref(p: Path, base: Path, max_voxels: int) -> ScanRef:
     )
 
 
-def _dicom_ref(stack: dcm.DicomStack, base: Path) -> ScanRef:
+def _dicom_ref(stack: DicomStack, base: Path) -> ScanRef:
     import nibabel as nib
 
     sid = scan_id_for_series(stack.series_uid, stack.modality, stack.series_number)

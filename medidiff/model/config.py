@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from ..preprocess import PreprocessConfig
+from ..preprocess_config import PreprocessConfig
 
 SCHEDULES = ("linear_beta", "scaled_linear_beta", "cosine")
 PREDICTION_TYPES = ("epsilon", "v_prediction")

@@ -354,7 +354,7 @@ def open_generator(model: str | Path, device, scfg: SamplerConfig, guidance: flo
 
 def grid_affine(pcfg) -> np.ndarray:
     """Affine of the model grid: MNI coordinates for template-space models, else RAS centred at 0."""
-    from ..preprocess import model_affine
+    from ..geometry import model_affine
 
     spacing = tuple(float(s) for s in pcfg.spacing)
     if pcfg.space == "template":

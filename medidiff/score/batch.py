@@ -25,12 +25,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import __version__
 from ..io.atomic import write_text_atomic
 from ..io.content import check_content
 from ..io.errors import ScanError
 from ..io.naming import safe_join
 from ..jsonutil import json_default, now_utc
+from ..version import __version__
 from .result import RESULT_FILE, TABLE_COLUMNS, ScanRecord, ScanResult, table_row, write_scan_outputs
 
 RUN_FILE = "run.json"

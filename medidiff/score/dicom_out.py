@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..io.atomic import atomic_path
+from ..version import __version__
 from ..volume import Volume
 
 MANUFACTURER = "medidiff"

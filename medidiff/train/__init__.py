@@ -1,5 +1,5 @@
-"""Training: data preparation, the loop, checkpoints (``python -m medidiff.train``)."""
+"""Training: data preparation (:mod:`.data`), the loop (:mod:`.loop`), checkpoints (:mod:`.checkpoint`)
+and the command (:mod:`.cli`, also ``python -m medidiff.train``).
 
-from .checkpoint import CheckpointError, LoadedModel, load_model
-
-__all__ = ["CheckpointError", "LoadedModel", "load_model"]
+Nothing is imported here: ``medidiff --help`` imports the command from :mod:`.cli` and must not
+pull in torch."""

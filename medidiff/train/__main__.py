@@ -2,7 +2,7 @@
 
 import typer
 
-from ..commands.train import train
+from .cli import train
 
 
 def main() -> None:

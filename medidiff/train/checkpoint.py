@@ -30,7 +30,7 @@ from ..jsonutil import json_default as _json_default
 from ..model.config import Config, ConfigError
 from ..model.diffusion import SchedulerFactory
 from ..model.network import as_grid_denoiser, build_network
-from ..preprocess import PreprocessConfig
+from ..preprocess_config import PreprocessConfig
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -56,7 +56,7 @@ def sha256_file(path: str | Path) -> str:
 
 def _version() -> str:
     try:
-        from .. import __version__
+        from ..version import __version__
 
         return str(__version__)
     except Exception:  # pragma: no cover

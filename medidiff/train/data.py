@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..model.config import AugmentConfig
-from ..preprocess import PreprocessConfig, preprocess
+from ..preprocess import preprocess
+from ..preprocess_config import PreprocessConfig
 from ..volume import Volume
 
 log = logging.getLogger(__name__)

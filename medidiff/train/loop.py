@@ -1,6 +1,7 @@
-"""The training loop: AdamW, warm-up + cosine LR, gradient clipping, EMA,
+"""The training loop: AdamW, warm-up + cosine LR (:mod:`.lr_schedule`), gradient clipping, EMA,
 bf16 autocast on capable CPUs / AMP on CUDA, fixed-noise validation, atomic
-checkpoints, bit-for-bit resume, time budget, optional DDP (torchrun).
+checkpoints, bit-for-bit resume, time budget, stop signals (:mod:`.stop_signals`),
+optional DDP (torchrun, :mod:`.distributed`). A whole run from scans: :mod:`.run`.
 
 Determinism: the batch content, augmentation, timesteps and noise of step s on
 rank r are derived from ``(seed, s, r)`` only (see :mod:`.data`), so resuming
@@ -12,8 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,33 +28,15 @@ from ..model.diffusion import add_noise, build_scheduler, training_target
 from ..model.network import build_network, count_parameters
 from ..model.noise import make_noise
 from ..model.patches import coordinate_grid, crop, draw_patch_origin
+from ..runtime import autocast_ctx, resolve_device, resolve_precision
 from . import checkpoint as ckpt
 from .data import PreparedData, make_batch, step_seed
-from ..runtime import autocast_ctx, cpu_bf16_supported, resolve_device, resolve_precision, set_threads
+from .distributed import all_ranks_mean, any_rank, dist_info
+from .lr_schedule import lr_lambda_factory
+from .progress import TrainProgress, plot_loss_curve
+from .stop_signals import catch_stop_signals, restore_signals
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- environment
-
-
-def dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def lr_lambda_factory(warmup: int, total: int, min_ratio: float):
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        span = max(1, total - warmup)
-        prog = min(1.0, max(0.0, (step - warmup) / span))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
-
-    return f
 
 
 # ----------------------------------------------------------------------------- results
@@ -206,24 +187,6 @@ class Trainer:
             losses.append(float(F.mse_loss(out.float(), target)))
         return float(np.mean(losses))
 
-    def _all_mean(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item()) / self.world
-
-    def _any(self, flag: bool) -> bool:
-        if self.world == 1:
-            return flag
-        import torch.distributed as dist
-
-        t = torch.tensor([1.0 if flag else 0.0])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
-
     # -- checkpoints ------------------------------------------------------------
     def _last(self, key: str) -> float | None:
         for h in reversed(self.history):
@@ -305,33 +268,7 @@ class Trainer:
         return True
 
     def plot(self) -> None:
-        if not self.history:
-            return
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except Exception:  # pragma: no cover
-            return
-        tr = [(h["step"], h["loss"]) for h in self.history if h.get("loss") is not None]
-        va = [(h["step"], h["val_loss"]) for h in self.history if h.get("val_loss") is not None]
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-        if tr:
-            ax.plot(*zip(*tr), label="train (window mean)", lw=1)
-        if va:
-            ax.plot(*zip(*va), "o-", label="validation (EMA, fixed noise)", ms=3)
-        ax.set_xlabel("step")
-        ax.set_ylabel("MSE")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        from ..io.atomic import atomic_path
-
-        with atomic_path(self.out / "loss_curve.png") as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        plot_loss_curve(self.history, self.out / "loss_curve.png")
 
     # -- main loop ---------------------------------------------------------------
     def run(self, resume: bool = False, max_minutes: float | None = None,
@@ -348,18 +285,18 @@ class Trainer:
         step_times: list[float] = []
         stopped = "max_steps"
         start_step = self.step
-        prog = _Progress(total, self.step, enabled=self.progress, budget=budget)
+        prog = TrainProgress(total, self.step, enabled=self.progress, budget=budget)
         stop_signal: list[int] = []
         previous = catch_stop_signals(stop_signal)
         try:
             while self.step < total:
-                if self._any(bool(stop_signal)):  # SIGTERM/SIGINT: finish this step's bookkeeping, save, exit
+                if any_rank(bool(stop_signal), self.world):  # SIGTERM/SIGINT: finish this step's bookkeeping, save, exit
                     stopped = "signal"
                     break
                 if budget is not None:
                     elapsed = time.monotonic() - t_start
                     est = float(np.median(step_times[-20:])) if step_times else 0.0
-                    if self._any(elapsed + 1.2 * est > budget):
+                    if any_rank(elapsed + 1.2 * est > budget, self.world):
                         stopped = "time_budget"
                         break
                 t0 = time.monotonic()
@@ -369,7 +306,7 @@ class Trainer:
                 window.append(loss)
                 entry: dict[str, Any] | None = None
                 if self.step % self.tc.log_every == 0 or self.step == total:
-                    mean_loss = self._all_mean(float(np.mean(window)))
+                    mean_loss = all_ranks_mean(float(np.mean(window)), self.world)
                     window = []
                     entry = {"step": self.step, "loss": mean_loss, "lr": float(self.lr_sched.get_last_lr()[0])}
                 if self.step % self.tc.val_every == 0 or self.step == total:
@@ -423,186 +360,7 @@ def widen_inputs(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     return out
 
 
-def catch_stop_signals(flag: list[int]) -> dict[int, Any]:
-    """SIGTERM/SIGINT set ``flag`` so training stops at the next step boundary with a full save
-    (a batch scheduler's pre-emption or Ctrl-C never costs more than one step). Main thread only."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, lambda signum, frame: flag.append(signum))
-    return previous
-
-
-def restore_signals(previous: dict[int, Any]) -> None:
-    import signal
-
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-class _Progress:
-    """rich progress bar (loss, steps/s, ETA) on rank 0; silent otherwise."""
-
-    def __init__(self, total: int, start: int, enabled: bool, budget: float | None):
-        self.enabled = enabled
-        self.p = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
-                          TextColumn("{task.fields[sps]} step/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                          TimeRemainingColumn(), console=Console(stderr=True), refresh_per_second=2)
-        self.p.start()
-        self.budget = budget
-        self.task = self.p.add_task("train", total=total, completed=start, loss="-", val="-", sps="-")
-
-    def update(self, step: int, loss: float, sps: float, val: float | None) -> None:
-        if self.p is None:
-            return
-        self.p.update(self.task, completed=step, loss=f"{loss:.4f}", sps=f"{sps:.2f}",
-                      val="-" if val is None else f"{val:.4f}")
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
-
-
-# ----------------------------------------------------------------------------- top level
-
-def init_distributed(device: torch.device) -> tuple[int, int, int]:
-    """Initialise torch.distributed when launched by torchrun. Returns (rank, world, local_rank)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, val) indices; at least one val scan when n >= 4 and fraction > 0."""
-    if fraction <= 0 or n < 4:
-        return list(range(n)), []
-    k = max(1, int(round(n * fraction)))
-    perm = np.random.default_rng([int(seed), 0x5E1]).permutation(n)
-    val = sorted(int(i) for i in perm[:k])
-    return [i for i in range(n) if i not in set(val)], val
-
-
-def run_training(cfg: Config, data: str | Path, out: str | Path, *, resume: bool = False,
-                 max_minutes: float | None = None, device: str = "auto", seed: int | None = None,
-                 train_split: str | None = "train", val_split: str | None = None,
-                 val_data: str | Path | None = None, progress: bool = True,
-                 threads: int | None = None, init_from: str | Path | None = None) -> TrainResult:
-    """Find scans, preprocess once, train. Works single-process and under torchrun.
-
-    ``init_from``: a trained model folder whose EMA weights start this run (warm start,
-    same architecture; ignored when resuming, where the checkpoint wins)."""
-    from .data import list_scans, prepare
-
-    dev = resolve_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    set_threads(local_world if dev.type == "cpu" else 1, threads)
-    rank, world, _ = init_distributed(dev)
-    seed = int(cfg.train.seed if seed is None else seed)
-    data = Path(data)
-    is_manifest = data.is_file() and data.suffix.lower() in (".csv", ".tsv")
-    splits = [train_split] if (is_manifest and train_split) else None
-    sources = list_scans(data, splits)
-    if not sources:
-        raise ValueError(f"{data}: no training scans found" + (f" in split {train_split!r}" if splits else ""))
-    prepared = prepare(sources, cfg.preprocess)
-    if len(prepared) == 0:
-        raise ValueError(f"{data}: none of the {len(sources)} scans could be preprocessed")
-    if val_data is not None or (is_manifest and val_split):
-        vsrc = list_scans(val_data or data, [val_split] if val_split else None)
-        val = prepare(vsrc, cfg.preprocess)
-        train_set = prepared
-    else:
-        tr_idx, va_idx = split_holdout(len(prepared), cfg.train.val_fraction, seed)
-        train_set = prepared.subset(tr_idx)
-        val = prepared.subset(va_idx) if va_idx else None
-    if rank == 0:
-        log.info("training on %d scans, validating on %d", len(train_set), 0 if val is None else len(val))
-    trainer = Trainer(cfg, train_set, val, out, device=dev, seed=seed, progress=progress,
-                      data_summary={"source": str(data), "train_split": train_split, "val_split": val_split})
-    if init_from is not None and not resume:
-        trainer.warm_start(init_from)
-    try:
-        return trainer.run(resume=resume, max_minutes=max_minutes)
-    finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def dry_run_report(cfg: Config, device: str = "auto", measure: bool = True) -> dict[str, Any]:
-    """Parameter count, precision, and (measured) peak memory / time of one training step."""
-    import resource
-
-    dev = resolve_device(device)
-    set_threads()
-    net = build_network(cfg.model).to(dev)
-    precision = resolve_precision(cfg.train.precision, dev)
-    rep: dict[str, Any] = {"parameters": count_parameters(net), "device": str(dev), "precision": precision,
-                           "threads": torch.get_num_threads(),
-                           "batch_shape": [cfg.train.batch_size, 1, *(cfg.model.patch_size or cfg.preprocess.grid)]}
-    if not measure:
-        return rep
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr)
-    sched = build_scheduler(cfg.diffusion)
-    shape = tuple(rep["batch_shape"])
-    n_cond = 3 if cfg.model.patch_size is not None else 0
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    for i in range(2):
-        g = torch.Generator().manual_seed(i)
-        x0 = torch.rand(shape, generator=g).to(dev)
-        t = torch.randint(0, cfg.diffusion.num_train_timesteps, (shape[0],), generator=g)
-        noise = make_noise(cfg.diffusion.noise, shape, g, **dict(cfg.diffusion.noise_params)).to(dev)
-        t0 = time.monotonic()
-        with autocast_ctx(precision, dev):
-            cond = torch.zeros((shape[0], n_cond, *shape[2:]), device=dev)
-            out = net(torch.cat([add_noise(sched, x0, noise, t), cond], dim=1), timesteps=t.to(dev))
-        loss = F.mse_loss(out.float(), training_target(sched, x0, noise, t))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.monotonic() - t0)
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rep.update({"peak_rss_mib": round(rss1, 1), "step_rss_delta_mib": round(rss1 - rss0, 1),
-                "seconds_per_step": round(times[-1], 3)})
-    if dev.type == "cuda":
-        rep["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
-    return rep
-
-
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
-
-
-__all__ = ["Trainer", "TrainResult", "run_training", "dry_run_report", "resolve_device", "resolve_precision",
-           "cpu_bf16_supported", "split_holdout", "init_distributed"]
+__all__ = ["Trainer", "TrainResult", "widen_inputs"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use: python -m medidiff.train --help")

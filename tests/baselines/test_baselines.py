@@ -17,7 +17,8 @@ from medidiff.baselines.autoencoder import AutoencoderBaseline
 from medidiff.baselines.normative import NormativeBaseline
 from medidiff.evaluate import EvalOptions, evaluate_run
 from medidiff.evaluate.metrics import auroc, average_precision
-from medidiff.preprocess import PreprocessConfig, preprocess
+from medidiff.preprocess import preprocess
+from medidiff.preprocess_config import PreprocessConfig
 from medidiff.lesions import insert_anomaly
 from medidiff.volume import Volume
 

@@ -11,7 +11,8 @@ from frontend_factory import rotation, scan_from_template, template_to_scan
 from medidiff.frontend import FrontEndConfig, QCFailed, load_template, run_frontend, template_grid_affine
 from medidiff.frontend.brain import resolve_method
 from medidiff.frontend.sitk_bridge import from_sitk, to_sitk, transform_matrix_ras
-from medidiff.preprocess import PreprocessConfig, preprocess
+from medidiff.preprocess import preprocess
+from medidiff.preprocess_config import PreprocessConfig
 from medidiff.volume import Provenance, Volume
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "real_scans"
@@ -242,7 +243,7 @@ def test_model_records_its_front_end_and_refuses_one_it_cannot_reproduce(tmp_pat
 
 
 def test_template_quantiles_standardise_contrast_keep_lesions_bright_and_invert():
-    from medidiff.preprocess import denormalize, template_quantile_map
+    from medidiff.intensity import denormalize, template_quantile_map
 
     rng = np.random.default_rng(0)
     tpl = rng.gamma(9, 0.08, 20000)

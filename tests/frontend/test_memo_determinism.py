@@ -78,7 +78,7 @@ def test_front_end_is_bit_for_bit_repeatable():
     import SimpleITK as sitk
 
     from medidiff.train.checkpoint import read_metadata
-    from medidiff.preprocess import PreprocessConfig
+    from medidiff.preprocess_config import PreprocessConfig
 
     pcfg = PreprocessConfig.from_dict(read_metadata(ROOT / "models" / "sample")["config"]["preprocess"])
     vol = read_nifti(ROOT / "sample_data" / "val" / "val_a01.nii.gz")

@@ -65,7 +65,7 @@ def _oracle_loaded(mu, s):
 
     from medidiff.model.config import DiffusionConfig
     from medidiff.model.diffusion import SchedulerFactory
-    from medidiff.preprocess import PreprocessConfig
+    from medidiff.preprocess_config import PreprocessConfig
 
     factory = SchedulerFactory(DiffusionConfig())
     acp = factory("ddim").alphas_cumprod.double()

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from medidiff.preprocess import GridMapping, Preprocessed
+from medidiff.geometry import GridMapping
+from medidiff.preprocess import Preprocessed
 from medidiff.score.calibration import (CALIBRATION_JSON, CALIBRATION_TENSORS, Calibration, CalibrationError,
                                         calibrate_maps, clopper_pearson)
 from medidiff.score.config import ScoreConfig

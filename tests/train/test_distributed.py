@@ -18,7 +18,8 @@ SCRIPT = textwrap.dedent("""
     import torch
     from safetensors.torch import save_file
     from train_helpers import synthetic_prepared, tiny_config
-    from medidiff.train.loop import Trainer, init_distributed
+    from medidiff.train.distributed import init_distributed
+    from medidiff.train.loop import Trainer
     import torch.distributed as dist
 
     out = sys.argv[1]

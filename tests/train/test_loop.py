@@ -5,7 +5,8 @@ from safetensors.torch import load_file
 
 from train_helpers import synthetic_prepared, tiny_config
 from medidiff.train.data import augment, make_batch, sample_indices
-from medidiff.train.loop import Trainer, run_training
+from medidiff.train.loop import Trainer
+from medidiff.train.run import run_training
 
 
 def _weights(run_dir, prefix="raw."):

@@ -4,7 +4,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from medidiff.commands.train import train
+from medidiff.train.cli import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

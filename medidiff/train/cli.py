@@ -1,4 +1,7 @@
-"""`medidiff train`: train a diffusion model on healthy scans."""
+"""`medidiff train` and ``python -m medidiff.train``: train a diffusion model on healthy scans.
+
+The one training command lives in the training package (not in :mod:`medidiff.commands`), so the
+package's own ``__main__`` (the torchrun entry point) needs nothing above it."""
 
 from __future__ import annotations
 
@@ -54,11 +57,11 @@ def train(
     if seed is not None:
         cfg.train.seed = int(seed)
     if dry_run:
-        from ..train.loop import dry_run_report
+        from .dry_run import dry_run_report
 
         rep = {"config": cfg.to_dict(), **dry_run_report(cfg, device)}
         if data is not None:
-            from ..train.data import list_scans
+            from .data import list_scans
 
             is_manifest = data.is_file() and data.suffix.lower() in (".csv", ".tsv")
             rep["training_scans_found"] = len(list_scans(data, [train_split] if is_manifest and train_split else None))
@@ -67,8 +70,8 @@ def train(
     if data is None:
         console.print("[red]--data is required unless --dry-run[/red]")
         raise typer.Exit(2)
-    from ..train.checkpoint import CheckpointError
-    from ..train.loop import run_training
+    from .checkpoint import CheckpointError
+    from .run import run_training
 
     try:
         res = run_training(cfg, data, out, resume=resume, max_minutes=max_minutes, device=device,
