@@ -118,8 +118,8 @@ def render_text(text: str, numbers: dict[str, dict[str, Any]]) -> str:
         key, fmt = m.group(1), m.group(2)
         if key not in numbers:
             raise KeyError(f"marked number {key!r} is not in docs/numbers.json")
-        entry = numbers[key]
-        return f"<!--n:{key}{':' + fmt if fmt else ''}-->{format_value(entry['value'], fmt or entry['format'])}<!--/n-->"
+        text = format_value(numbers[key]["value"], fmt or numbers[key]["format"])
+        return f"<!--n:{key}{':' + fmt if fmt else ''}-->{text}<!--/n-->"
     return SPAN.sub(one, text)
 
 

@@ -65,7 +65,7 @@ def test_numbers_hash_canonically():
 
 
 # The two calibrations shipped before numbers were canonical, as stored (git: 111f9f4 and 3ce3f0f):
-# brain_t1_2mm stored smoothing_size 5 and min_component_mm3 0 (ints), models/brain_t1_4mm (then models/sample) 3.0 and 0.0.
+# brain_t1_2mm stored smoothing_size 5 and min_component_mm3 0 (ints), brain_t1_4mm (then models/sample) 3.0 and 0.0.
 _2MM = {"t_fractions": [0.2, 0.3], "t_combine": "zscore", "steps": 1, "n_draws": 2, "batch_size": 8, "noise": None,
         "precision": "auto", "seed": 0, "window_overlap": None, "structural_weight": 0.5, "ssim_sigma_mm": 6.0,
         "smoothing": "median", "smoothing_size": 5, "erode_mm": 3.0, "normalization": "voxelwise",
