@@ -27,7 +27,7 @@ folder with the same ``labels.csv`` layout), written to ``BENCHMARKS.md``.
    real-anatomy run (labels with subjects, see ``pipelines/benchmark_real_anatomy.py``)
    is the main table, a sample_data run the secondary one.
 
-    python pipelines/benchmark.py --model models/sample --data sample_data
+    python pipelines/benchmark.py --model models/brain_t1_4mm --data sample_data
     python pipelines/benchmark.py --quick          # smoke run: small grid, few scans, short AE
     python pipelines/benchmark.py --render-md --main-json REAL/real_anatomy.json \
         --secondary-json SAMPLE/benchmark.json    # regenerate BENCHMARKS.md from results
@@ -78,7 +78,7 @@ def read_test_labels(labels: Path, splits: tuple[str, ...]):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "models" / "sample"), help="trained medidiff model folder")
+    p.add_argument("--model", default=str(ROOT / "models" / "brain_t1_4mm"), help="trained medidiff model folder")
     p.add_argument("--data", default=str(ROOT / "sample_data"), help="folder with labels.csv and the split folders")
     p.add_argument("--out", default=str(ROOT / "benchmark_out"), help="working/output folder")
     p.add_argument("--bench-md", default=str(ROOT / "BENCHMARKS.md"),

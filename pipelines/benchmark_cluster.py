@@ -63,7 +63,7 @@ def io_bytes(out: Path) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "models" / "sample"))
+    ap.add_argument("--model", default=str(ROOT / "models" / "brain_t1_4mm"))
     ap.add_argument("--input", default=str(ROOT / "sample_data" / "test"))
     ap.add_argument("--n", type=int, default=8, help="scans per timed run")
     ap.add_argument("--repeats", type=int, default=3)

@@ -5,7 +5,7 @@ scan (brain mask outline on the source slice; the registered brain on the templa
 the template outline) so a person can check the masks and the registration.
 
     python pipelines/benchmark_frontend.py --input DIR_OF_HEAD_SCANS --figure docs/frontend_qc.png
-    python pipelines/benchmark_frontend.py --input DIR --model models/sample   # + end-to-end scoring
+    python pipelines/benchmark_frontend.py --input DIR --model models/brain_t1_4mm   # + end-to-end scoring
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", required=True, nargs="+", help="folder(s) or files of whole-head scans")
     ap.add_argument("--model", default=None, help="also time end-to-end scoring with this model folder")
-    ap.add_argument("--config", default=str(ROOT / "configs" / "sample_model.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "brain_t1_4mm.yaml"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--figure", default=None)
     args = ap.parse_args()

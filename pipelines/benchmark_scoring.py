@@ -11,7 +11,7 @@ windows × t* × draws, the network's FLOPs per scan, and peak memory.
 
     python pipelines/benchmark_scoring.py --model models/brain_t1_2mm --input HEAD.nii.gz --repeats 5 \
         --backends torch,openvino --floor
-    python pipelines/benchmark_scoring.py --model models/sample --input sample_data/test --n 5
+    python pipelines/benchmark_scoring.py --model models/brain_t1_4mm --input sample_data/test --n 5
     python pipelines/benchmark_scoring.py --grid128   # memory check of a 128³ grid (random weights)
     python pipelines/benchmark_scoring.py --model models/brain_t1_2mm --variant "1 draw:score.n_draws=1"
     python pipelines/benchmark_scoring.py --model models/brain_t1_2mm --backends openvino --val-ap sample_data \
@@ -364,7 +364,7 @@ def make_grid128_model(tmp: Path) -> Path:
     from medidiff.model.network import build_network
     from medidiff.train.checkpoint import save_model
 
-    cfg = load_config(ROOT / "configs" / "sample_model.yaml", ["preprocess.grid=[128,128,128]",
+    cfg = load_config(ROOT / "configs" / "brain_t1_4mm.yaml", ["preprocess.grid=[128,128,128]",
                                                                "preprocess.spacing=[1.5,1.5,1.5]"])
     net = build_network(cfg.model)
     torch.manual_seed(0)
@@ -440,7 +440,7 @@ def tables(rows: list[tuple[str, str, dict]], floor: dict | None) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "models" / "sample"))
+    ap.add_argument("--model", default=str(ROOT / "models" / "brain_t1_4mm"))
     ap.add_argument("--input", dest="inputs", action="append", default=[], metavar="PATH",
                     help="scan file, DICOM series folder or folder of scans (repeatable; default sample_data/test)")
     ap.add_argument("--n", type=int, default=5, help="at most this many scans")

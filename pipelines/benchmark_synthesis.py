@@ -5,8 +5,8 @@ grid after one warm-up call, for each requested batch size, ``--repeats`` times 
 Works for pixel-space models and latent-diffusion generators alike; speed does not depend
 on the weights, so a generator config (YAML) can be timed untrained:
 
-    python pipelines/benchmark_synthesis.py --model models/sample
-    python pipelines/benchmark_synthesis.py --model models/sample --sampler ddpm --batch-sizes 1,4
+    python pipelines/benchmark_synthesis.py --model models/brain_t1_4mm
+    python pipelines/benchmark_synthesis.py --model models/brain_t1_4mm --sampler ddpm --batch-sizes 1,4
     python pipelines/benchmark_synthesis.py --model runs/generator            # latent diffusion
     python pipelines/benchmark_synthesis.py --model configs/generator_ldm.yaml --steps 25
 
@@ -40,7 +40,7 @@ def untrained_generator(config: Path, out: Path) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "models" / "sample"))
+    ap.add_argument("--model", default=str(ROOT / "models" / "brain_t1_4mm"))
     ap.add_argument("--sampler", default="auto", choices=["auto", "ddim", "ddpm", "rflow"])
     ap.add_argument("--steps", type=int, default=None, help="default: the model's default (ddim 50, ddpm 250, "
                     "generators: latent.default_steps)")

@@ -83,7 +83,7 @@ def load_role(split_csv: Path, roles: list[str], cohort: Path, real_scans: Path 
     return out
 
 
-def sample_model(model: Path, out: Path, n: int, seed: int, steps, guidance, conditions, log) -> tuple[list, list, dict]:
+def draw_samples(model: Path, out: Path, n: int, seed: int, steps, guidance, conditions, log) -> tuple[list, list, dict]:
     from medidiff.generator.store import load_generator
     from medidiff.io.nifti import read_nifti
     from medidiff.sampling.run import SynthOptions, synthesize_run
@@ -199,7 +199,7 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
             data_by_pcfg[key] = (refs, train)
         refs, train = data_by_pcfg[key]
         n = a.n or len(refs["ids"])
-        images, conds, info = sample_model(Path(model), a.out / label / "samples", n, a.seed, a.steps, a.guidance,
+        images, conds, info = draw_samples(Path(model), a.out / label / "samples", n, a.seed, a.steps, a.guidance,
                                            refs["conditions"], log)
         rep = evaluate_model(images, conds, refs, train, a.n_boot, log)
         results.append({"label": label, **info, "reference_subjects": refs["ids"], "train_subjects": train["ids"],

@@ -10,9 +10,9 @@ VENV="${MEDIDIFF_VENV:-.venv}"
 OUT="${1:-out/sample}"
 MD="$VENV/bin/medidiff"
 status=0
-"$MD" score --model models/sample --input sample_data/test --out "$OUT" --no-report || status=$?
-"$MD" score --model models/sample --input sample_data/test_dicom --out "$OUT" --no-report || status=$?
-"$MD" score --model models/sample --input sample_data/real --out "$OUT" --no-report || status=$?
+"$MD" score --model models/brain_t1_4mm --input sample_data/test --out "$OUT" --no-report || status=$?
+"$MD" score --model models/brain_t1_4mm --input sample_data/test_dicom --out "$OUT" --no-report || status=$?
+"$MD" score --model models/brain_t1_4mm --input sample_data/real --out "$OUT" --no-report || status=$?
 "$MD" evaluate --run "$OUT" --labels sample_data/labels.csv --split test || status=$?
 "$MD" report --run "$OUT" --labels sample_data/labels.csv
 exit $status

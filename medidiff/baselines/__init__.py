@@ -21,7 +21,7 @@ DEFAULT_PREPROCESS = "default_preprocess.yaml"  # package data: the bundled mode
 
 def load_preprocess_config(source: str | Path | None) -> PreprocessConfig:
     """Preprocessing from a YAML with a ``preprocess:`` section, or a medidiff
-    model folder (its model.json); the bundled model's (= configs/sample_model.yaml's, shipped in
+    model folder (its model.json); the bundled model's (= configs/brain_t1_4mm.yaml's, shipped in
     the package as ``default_preprocess.yaml``, so installed and checkout runs agree) when None."""
     import yaml
 

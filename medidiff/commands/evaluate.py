@@ -65,7 +65,7 @@ def baseline(
     out: Path = typer.Option(..., "--out", help="Output folder (same layout as medidiff score)."),
     variant: str = typer.Option("hyper", "--variant", help="intensity: hyper | hypo | abs."),
     preprocess: Optional[Path] = typer.Option(None, "--preprocess", help="YAML with a preprocess: section, or a "
-                                              "model folder (default: configs/sample_model.yaml's)."),
+                                              "model folder (default: configs/brain_t1_4mm.yaml's)."),
     minutes: float = typer.Option(10.0, "--minutes", help="autoencoder: training time budget."),
     max_steps: int = typer.Option(2000, "--max-steps", help="autoencoder: training steps at most."),
     reuse: bool = typer.Option(False, "--reuse", help="Reuse a fitted state from OUT/baseline instead of fitting."),

@@ -161,10 +161,10 @@ def test_intensity_run_is_evaluable(mni_small, tmp_path):
     assert rep["voxel"]["calibrated_dice"] is not None
 
 
-def test_preprocess_config_defaults_to_sample_model_yaml():
+def test_preprocess_config_defaults_to_brain_t1_4mm_yaml():
     import yaml
 
     from volume_factory import ROOT
 
-    expected = PreprocessConfig.from_dict(yaml.safe_load((ROOT / "configs" / "sample_model.yaml").read_text())["preprocess"])
+    expected = PreprocessConfig.from_dict(yaml.safe_load((ROOT / "configs" / "brain_t1_4mm.yaml").read_text())["preprocess"])
     assert load_preprocess_config(None) == expected

@@ -107,7 +107,7 @@ def test_window_overlap_is_refused_for_a_whole_grid_model(tiny_model_dir):
     from medidiff.score.config import stored_hash_forms
 
     root = Path(__file__).resolve().parents[2]
-    for model in ("sample", "brain_t1_2mm"):
+    for model in ("brain_t1_4mm", "brain_t1_2mm"):
         cal = json.loads((root / "models" / model / "calibration.json").read_text())
         assert cal["score_config_hash"] in stored_hash_forms(cal["score_config"], cal["runtime"]), model
     assert ScoreConfig(window_overlap=0.0).hash() != ScoreConfig().hash()

@@ -98,12 +98,12 @@ def scored_run(mni_small, tmp_path_factory):
 
 REAL_HEAD = ROOT / "sample_data" / "real" / "siemens_t1_2d_sag_hfs"
 LESIONED = "test_a07"  # one hyperintense lesion of 7.6 cm³ (sample_data/lesions.json)
-QC_RANGES = Path(__file__).resolve().parent / "data" / "sample_calib_qc_ranges.json"
+QC_RANGES = Path(__file__).resolve().parent / "data" / "brain_t1_4mm_calib_qc_ranges.json"
 
 
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory):
-    """models/sample scores (1) a healthy volunteer's whole head exactly as a Siemens scanner
+    """models/brain_t1_4mm scores (1) a healthy volunteer's whole head exactly as a Siemens scanner
     wrote it (4.8 mm sagittal DICOM; the model flags it), (2) a lesioned sample_data test scan
     with its ground truth, (3) a skull-stripped head whose header voxels are 0.6× too small, so
     the front end's brain-volume check fails it. run.json gets the calibration scans' QC ranges
@@ -115,9 +115,9 @@ def real_run(tmp_path_factory):
 
     from medidiff.score.batch import score_folder
 
-    model = ROOT / "models" / "sample"
+    model = ROOT / "models" / "brain_t1_4mm"
     if not (REAL_HEAD.is_dir() and (model / "calibration.json").is_file()):
-        pytest.skip("sample_data/real or models/sample missing")
+        pytest.skip("sample_data/real or models/brain_t1_4mm missing")
     root = tmp_path_factory.mktemp("real_run")
     inp = root / "in"
     inp.mkdir()

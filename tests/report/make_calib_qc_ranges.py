@@ -1,6 +1,6 @@
-"""Measure the QC ranges of models/sample's 20 calibration heads (the `calib` role of
+"""Measure the QC ranges of models/brain_t1_4mm's 20 calibration heads (the `calib` role of
 configs/real_cohort_split.csv, found in the real cohort folder beside the repository) through the
-model's own front end and write tests/report/data/sample_calib_qc_ranges.json.
+model's own front end and write tests/report/data/brain_t1_4mm_calib_qc_ranges.json.
 
 The report reads ``run.json["calibration"]["qc_ranges"]``; until calibration stores them
 (medidiff.score.qc_ranges.qc_ranges), the report's real-scan test puts these measured
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = Path(__file__).resolve().parent / "data" / "sample_calib_qc_ranges.json"
+OUT = Path(__file__).resolve().parent / "data" / "brain_t1_4mm_calib_qc_ranges.json"
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     from medidiff.score.qc_ranges import qc_ranges, voxel_size_max_mm
     from medidiff.train.checkpoint import load_model
 
-    model = ROOT / "models" / "sample"
+    model = ROOT / "models" / "brain_t1_4mm"
     loaded = load_model(model)
     cal = json.loads((model / "calibration.json").read_text())
     t0 = time.perf_counter()
@@ -45,7 +45,7 @@ def main() -> None:
     ranges = qc_ranges(qcs)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"model_hash": loaded.model_hash, "scans": "the calib role of configs/real_cohort_split.csv "
-                               "(models/sample's calibration heads)", "qc_ranges": ranges}, indent=2) + "\n")
+                               "(models/brain_t1_4mm's calibration heads)", "qc_ranges": ranges}, indent=2) + "\n")
     print(f"{len(qcs)} scans in {time.perf_counter() - t0:.0f} s → {OUT}")
 
 

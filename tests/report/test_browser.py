@@ -501,7 +501,7 @@ def test_real_head_lesion_and_failure_read_as_a_reader_needs(real_run, browser):
     caption = browser.eval("document.querySelector('#scan-table caption').textContent")
     rule = browser.eval("document.getElementById('threshold-text').textContent")
     run_cfg = json.loads((out / "run.json").read_text())["score_config"]
-    kind = run_cfg["score"]  # the model's own method (models/sample: chosen on real val heads)
+    kind = run_cfg["score"]  # the model's own method (models/brain_t1_4mm: chosen on real val heads)
     if kind == "largest_cluster":
         assert "largest cluster" in caption and "brain volume" not in caption
         assert rule.startswith("Scans are flagged when their largest cluster of voxels above the voxel threshold")

@@ -39,7 +39,7 @@ def test_local_and_two_workers_give_identical_results(tmp_path, monkeypatch):
     src.mkdir()
     for sid in SCANS:
         shutil.copy(ROOT / "sample_data" / "val" / f"{sid}.nii.gz", src)
-    model = ROOT / "models" / "sample"
+    model = ROOT / "models" / "brain_t1_4mm"
     local = score_folder(model, src, tmp_path / "local", progress=False, log=lambda m: None)
     dask = score_folder(model, src, tmp_path / "dask", progress=False, log=lambda m: None, cluster="local:2")
     assert local.n_scored == dask.n_scored == len(SCANS) and local.n_failed == dask.n_failed == 0

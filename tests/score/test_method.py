@@ -19,7 +19,7 @@ from medidiff.score.config import ScoreConfig, load_score_config, stored_hash_fo
 from medidiff.score.method import METHOD_FILE, MethodError, load_method, method_diff, write_method
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ("sample", "brain_t1_2mm")
+SHIPPED = ("brain_t1_4mm", "brain_t1_2mm")
 runner = CliRunner()
 
 
@@ -65,7 +65,7 @@ def test_numbers_hash_canonically():
 
 
 # The two calibrations shipped before numbers were canonical, as stored (git: 111f9f4 and 3ce3f0f):
-# brain_t1_2mm stored smoothing_size 5 and min_component_mm3 0 (ints), models/sample 3.0 and 0.0.
+# brain_t1_2mm stored smoothing_size 5 and min_component_mm3 0 (ints), brain_t1_4mm (then models/sample) 3.0 and 0.0.
 _2MM = {"t_fractions": [0.2, 0.3], "t_combine": "zscore", "steps": 1, "n_draws": 2, "batch_size": 8, "noise": None,
         "precision": "auto", "seed": 0, "window_overlap": None, "structural_weight": 0.5, "ssim_sigma_mm": 6.0,
         "smoothing": "median", "smoothing_size": 5, "erode_mm": 3.0, "normalization": "voxelwise",
@@ -74,7 +74,7 @@ _2MM = {"t_fractions": [0.2, 0.3], "t_combine": "zscore", "steps": 1, "n_draws":
 _4MM = dict(_2MM, t_fractions=[0.1], n_draws=4, smoothing_size=3.0, min_component_mm3=0.0)
 del _4MM["t_combine"], _4MM["window_overlap"]
 _RUNTIME = {"precision": "bf16", "device": "cpu", "noise": "gaussian", "noise_params": {}}
-STORED = [("brain_t1_2mm", _2MM, "4174be2e8063d274"), ("sample", _4MM, "a0b541fd8cd349ab")]
+STORED = [("brain_t1_2mm", _2MM, "4174be2e8063d274"), ("brain_t1_4mm", _4MM, "a0b541fd8cd349ab")]
 
 
 @pytest.mark.parametrize("name, stored, stored_hash", STORED)

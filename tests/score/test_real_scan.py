@@ -20,9 +20,9 @@ def test_real_whole_head_scan_goes_through_the_front_end_and_back_onto_its_own_g
     from medidiff.io.discover import discover
     from medidiff.score.batch import score_folder
 
-    assert json.loads((ROOT / "models" / "sample" / "model.json").read_text())["preprocess"]["space"] == "template"
+    assert json.loads((ROOT / "models" / "brain_t1_4mm" / "model.json").read_text())["preprocess"]["space"] == "template"
     out = tmp_path / "out"
-    score_folder(ROOT / "models" / "sample", REAL, out, dicom_outputs=True, progress=False, log=lambda m: None)
+    score_folder(ROOT / "models" / "brain_t1_4mm", REAL, out, dicom_outputs=True, progress=False, log=lambda m: None)
     (scan_dir,) = [p for p in (out / "scans").iterdir() if p.is_dir()]
     res = json.loads((scan_dir / "result.json").read_text())
     assert res["status"] == "ok", res.get("error")
@@ -54,7 +54,7 @@ def test_real_healthy_test_heads_score_below_the_scan_threshold(tmp_path):
 
     ixi = ROOT / "sample_data" / "real" / "ixi_hh"
     out = tmp_path / "out"
-    score_folder(ROOT / "models" / "sample", ixi, out, dicom_outputs=False, progress=False, log=lambda m: None)
+    score_folder(ROOT / "models" / "brain_t1_4mm", ixi, out, dicom_outputs=False, progress=False, log=lambda m: None)
     run = json.loads((out / "run.json").read_text())
     assert run["calibration"]["valid"], run["calibration"].get("invalid_reason")
     threshold = run["calibration"]["scan_threshold"]

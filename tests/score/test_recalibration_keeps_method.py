@@ -37,14 +37,14 @@ def _score(model: Path, src: Path, out: Path) -> tuple[dict, float]:
 
 @pytest.mark.slow
 def test_bare_recalibration_keeps_the_shipped_method(tmp_path):
-    model = tmp_path / "sample"
-    shutil.copytree(ROOT / "models" / "sample", model)
+    model = tmp_path / "brain_t1_4mm"
+    shutil.copytree(ROOT / "models" / "brain_t1_4mm", model)
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(ROOT / "sample_data" / "val" / f"{LESION}.nii.gz", src)
     shipped = Calibration.load(model)
     if shipped is None:
-        pytest.skip("models/sample ships no calibration at the moment (weights being replaced)")
+        pytest.skip("models/brain_t1_4mm ships no calibration at the moment (weights being replaced)")
     before, ap_before = _score(model, src, tmp_path / "before")
 
     res = CliRunner().invoke(app, ["calibrate", "--model", str(model), "--healthy",

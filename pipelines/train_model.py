@@ -1,8 +1,10 @@
-"""Train the bundled sample model (``models/sample/``) on ``sample_data``.
+"""Train a bundled detection model: the 4 mm ``models/brain_t1_4mm/`` by default, the 2 mm patch
+model with ``--config configs/brain_t1_2mm_patch.yaml``; on ``sample_data`` or, with ``--cohort``, the
+real cohort's ``train`` role.
 
-    python pipelines/train_sample_model.py                    # 40-minute budget
-    python pipelines/train_sample_model.py --minutes 45 --set train.batch_size=2
-    python pipelines/train_sample_model.py --measure 20       # only measure s/step + peak RSS
+    python pipelines/train_model.py                    # 40-minute budget
+    python pipelines/train_model.py --minutes 45 --set train.batch_size=2
+    python pipelines/train_model.py --measure 20       # only measure s/step + peak RSS
 
 Training scans: the ``train`` split of ``sample_data/labels.csv`` (healthy);
 validation loss: the healthy ``calib`` split. With ``--fit-steps`` (default) a
@@ -62,9 +64,9 @@ def measure(cfg, data: Path, steps: int, device: str, threads: int | None = None
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "sample_model.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "brain_t1_4mm.yaml")
     ap.add_argument("--data", type=Path, default=ROOT / "sample_data" / "labels.csv")
-    ap.add_argument("--out", type=Path, default=ROOT / "models" / "sample")
+    ap.add_argument("--out", type=Path, default=ROOT / "models" / "brain_t1_4mm")
     ap.add_argument("--minutes", type=float, default=40.0, help="time budget for training (default 40)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
