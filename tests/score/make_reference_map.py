@@ -1,5 +1,5 @@
 """Regenerate tests/score/data/reference_map_val_a01.npz: the anomaly maps the shipped 4 mm model
-(models/sample) gives sample_data/val/val_a01.nii.gz, scored exactly as a batch run scores it.
+(models/brain_t1_4mm) gives sample_data/val/val_a01.nii.gz, scored exactly as a batch run scores it.
 
 Run from the repository root only when a change of the maps is intended (new weights, calibration or
 method), never to make tests/score/test_reference_map.py pass after a refactor:
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "sample"
+MODEL = ROOT / "models" / "brain_t1_4mm"
 SCAN = ROOT / "sample_data" / "val" / "val_a01.nii.gz"  # a ring and a hyperintense lesion, 21 cm³
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference_map_val_a01.npz"
 
