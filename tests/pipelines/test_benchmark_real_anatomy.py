@@ -31,7 +31,7 @@ def test_real_anatomy_benchmark_end_to_end(tmp_path):
     f = _factory()
     cohort, real, split = f.make_fake_cohort(tmp_path, plan=PLAN, spacing=4.0)
     model = f.tiny_template_model(tmp_path / "model")
-    from medidiff.score.calibration import calibrate_model
+    from medidiff.batch.calibrate import calibrate_model
 
     calibrate_model(model, cohort / "heads", overrides=("score.n_draws=1",), progress=False, log=lambda m: None)
     drv = load_pipeline("benchmark_real_anatomy")
