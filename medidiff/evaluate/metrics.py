@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -274,6 +274,16 @@ def psnr(image, recon, mask=None, data_range: float | None = None) -> float:
 
 
 # ----------------------------------------------------------------------------- subject-level bootstrap
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """n, mean, median, quartiles and range of the finite values (None and NaN left out)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0}
+    return {"n": int(v.size), "mean": float(v.mean()), "median": float(np.median(v)),
+            "q25": float(np.quantile(v, 0.25)), "q75": float(np.quantile(v, 0.75)),
+            "min": float(v.min()), "max": float(v.max())}
+
 
 def group_bootstrap_diff(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np.ndarray], float], groups,
                          n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:

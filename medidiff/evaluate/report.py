@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import atomic_path
-from . import metrics as M
+from .metrics import auroc, average_precision, pr_curve, roc_curve
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -39,20 +39,20 @@ def write_plots(out: Path, curves: dict[str, Any]) -> list[str]:
         y = np.asarray(y, bool)
         if not (y.any() and (~y).any()):
             continue
-        fpr, tpr, _ = M.roc_curve(y, s, w)
+        fpr, tpr, _ = roc_curve(y, s, w)
         fpr, tpr = _thin(fpr, tpr)
         fig, ax = plt.subplots(figsize=(4.2, 4), layout="constrained")
-        ax.plot(fpr, tpr, lw=1.5, label=f"AUROC {M.auroc(y, s, w):.3f}")
+        ax.plot(fpr, tpr, lw=1.5, label=f"AUROC {auroc(y, s, w):.3f}")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC ({level} level)")
         ax.legend(loc="lower right")
         written.append(_save(fig, out / f"roc_{level}.png"))
         plt.close(fig)
-        prec, rec, _ = M.pr_curve(y, s, w)
+        prec, rec, _ = pr_curve(y, s, w)
         rec, prec = _thin(rec, prec)
         base = float(np.average(y, weights=w))
         fig, ax = plt.subplots(figsize=(4.2, 4), layout="constrained")
-        ax.step(rec, prec, where="post", lw=1.5, label=f"AP {M.average_precision(y, s, w):.3f}")
+        ax.step(rec, prec, where="post", lw=1.5, label=f"AP {average_precision(y, s, w):.3f}")
         ax.axhline(base, color="k", ls=":", lw=0.8, label=f"chance {base:.3g}")
         ax.set(xlabel="recall", ylabel="precision", title=f"Precision–recall ({level} level)", ylim=(0, 1.02))
         ax.legend(loc="upper right")
