@@ -308,8 +308,8 @@ def score_setting(model: Path, tag: str, overrides: list[str], calib: Path, targ
                   log: Callable[[str], None], reconstruction: bool = False, reuse: bool = False,
                   with_method: bool = False) -> dict[str, Any]:
     """Calibrate a copy of the model on ``calib`` with these settings and score ``target``: no labels."""
-    from medidiff.score.batch import score_folder
-    from medidiff.score.calibration import calibrate_model
+    from medidiff.batch.run import score_folder
+    from medidiff.batch.calibrate import calibrate_model
 
     t0 = time.perf_counter()
     run_dir = out / "runs" / tag
@@ -542,7 +542,8 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     from medidiff.baselines import load_preprocess_config, make_baseline, run_baseline
     from medidiff.evaluate import evaluate_run
     from medidiff.runtime import set_threads
-    from medidiff.score.batch import read_results, score_folder
+    from medidiff.batch.output import read_results
+    from medidiff.batch.run import score_folder
 
     set_threads()
     t_all = time.perf_counter()
@@ -732,7 +733,7 @@ def calibrate_model_folder(a: argparse.Namespace, model: Path, splits: dict[str,
     """--calibrate-model: the calibration of the benchmarked settings stored in the model folder itself, on
     the calib split; refused when calibrate_model (which starts from the folder's method.json) would
     calibrate other settings than the benchmarked ones."""
-    from medidiff.score.calibration import calibrate_model
+    from medidiff.batch.calibrate import calibrate_model
     from medidiff.score.config import load_score_config
     from medidiff.score.method import load_method
 
