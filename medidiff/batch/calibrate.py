@@ -10,6 +10,7 @@ from typing import Any, Callable
 from ..score.calibration import Calibration, CalibrationError, calibrate_maps
 from ..score.config import ScoreConfig
 
+
 def collect_maps(scans, make_map: Callable, log: Callable[[str], None], progress: bool = False,
                  label: str = "calibrating"):
     """Model-grid maps of healthy scans; a scan that fails is logged and left out."""

@@ -12,6 +12,7 @@ from ..io.errors import ScanError
 from ..io.naming import safe_join
 from ..score.result import RESULT_FILE, ScanRecord, ScanResult, write_scan_outputs
 
+
 def _complete(scan_dir: Path, run_info: dict[str, Any]) -> bool:
     path = scan_dir / RESULT_FILE
     if not path.is_file():

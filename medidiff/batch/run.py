@@ -16,6 +16,7 @@ from .job import ScanJob
 from .output import RunSummary, finish_run, prepare_out, write_run_info
 from .scorer import calibration_fingerprint, calibration_for_run, load_scorer
 
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """'2/4' → (2, 4): the second of four deterministic shards (1-based)."""
     if not text:

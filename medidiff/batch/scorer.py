@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+
 def resolve_settings(model_dir: str | Path, calibration, config_path: str | Path | None,
                      overrides: tuple[str, ...], log: Callable[[str], None]):
     """(ScoreConfig, Method | None): the model's method (method.json), or ``--config``, plus ``--set``.
