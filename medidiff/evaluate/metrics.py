@@ -273,8 +273,6 @@ def psnr(image, recon, mask=None, data_range: float | None = None) -> float:
     return float(10 * np.log10(data_range ** 2 / mse))
 
 
-# ----------------------------------------------------------------------------- subject-level bootstrap
-
 def summarize(values: Sequence[float]) -> dict[str, Any]:
     """n, mean, median, quartiles and range of the finite values (None and NaN left out)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
@@ -284,6 +282,8 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
             "q25": float(np.quantile(v, 0.25)), "q75": float(np.quantile(v, 0.75)),
             "min": float(v.min()), "max": float(v.max())}
 
+
+# ----------------------------------------------------------------------------- subject-level bootstrap
 
 def group_bootstrap_diff(stat_a: Callable[[np.ndarray], float], stat_b: Callable[[np.ndarray], float], groups,
                          n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:

@@ -10,6 +10,7 @@ import numpy as np
 from .metrics import psnr, summarize
 from .scans import MatchedScan, check_same_grid, load_nifti, load_source
 
+
 def reconstruction_fidelity(scans: list[MatchedScan]) -> dict[str, Any]:
     healthy = [sc for sc in scans if sc.row.label == 0]
     have = [sc for sc in healthy if (sc.scan_dir / sc.result.get("outputs", {}).get("reconstruction", "reconstruction.nii.gz")).is_file()

@@ -17,6 +17,7 @@ from .options import EvalOptions
 from .scans import (EvaluationError, MatchedScan, check_same_grid, load_nifti, load_source, matched_scans,
                     result_matcher)
 
+
 @dataclass
 class _VoxelPool:
     scores: list[np.ndarray] = field(default_factory=list)
