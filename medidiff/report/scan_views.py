@@ -12,6 +12,7 @@ from .context import RunContext, finite_float
 from .entries import ScanEntry
 from .wording import histogram_axis
 
+
 def _load_source(entry: ScanEntry):
     """The source scan as a Volume (None when it cannot be read any more)."""
     from ..io.discover import discover
