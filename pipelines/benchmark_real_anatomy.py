@@ -56,6 +56,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     import benchmark
+    import benchmark_markdown
     import stage_real_cohort
 
     from medidiff.runtime import set_threads
@@ -84,7 +85,7 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     log(f"written: {a.out / 'real_anatomy.json'}")
     if a.bench_md and a.bench_md.lower() != "none":
         other = json.loads(Path(a.other_json).read_text()) if a.other_json else None
-        benchmark.write_benchmarks_md(Path(a.bench_md), real, other)
+        benchmark_markdown.write_benchmarks_md(Path(a.bench_md), real, other)
         log(f"written: {a.bench_md} (main table: this run; secondary: {a.other_json or 'none'})")
     return real
 

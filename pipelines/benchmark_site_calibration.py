@@ -10,8 +10,8 @@ calibration (``medidiff calibrate`` on the site's own healthy scans), measured l
   threshold it helped set. With n heads every fold calibrates on n - 1: with fewer than 20 a 5 % scan
   threshold is the highest healthy score of the fold (the resolution of the estimate is 1 / (n - 1)).
 
-Only the public entry points are used (``medidiff.score.calibration.calibrate_model`` and
-``medidiff.score.batch.score_folder``): a model copy keeps every file of the model folder except its
+Only the public entry points are used (``medidiff.batch.calibrate.calibrate_model`` and
+``medidiff.batch.run.score_folder``): a model copy keeps every file of the model folder except its
 calibration, so a stored scoring method travels with it. Each held-out subject may bring lesioned copies
 (``extra``): they are scored by the same fold, which says whether the site threshold still finds lesions.
 Writes ``OUT/site_calibration.json`` and prints a table.
@@ -56,7 +56,7 @@ def _link_folder(folder: Path, files: list[Path]) -> Path:
 
 
 def _flags(run: Path) -> dict[str, dict[str, Any]]:
-    from medidiff.score.batch import read_results
+    from medidiff.batch.output import read_results
 
     return {r["scan_id"]: {"flag": r.get("flag"), "score": r.get("score"), "percentile": r.get("percentile"),
                            "status": r.get("status")} for r in read_results(run)}
@@ -78,8 +78,8 @@ def site_calibration(model: Path, heads: dict[str, Path], out: Path, *, override
     leave-one-out site calibration; ``extra`` ({subject: lesioned scan paths}) are scored by the fold that
     leaves their subject out. ``shipped`` ({scan_id: result}) reuses an existing scoring with the model's
     calibration (e.g. the benchmark's run of these scans); otherwise they are scored here."""
-    from medidiff.score.batch import score_folder
-    from medidiff.score.calibration import calibrate_model
+    from medidiff.batch.run import score_folder
+    from medidiff.batch.calibrate import calibrate_model
 
     out = Path(out)
     extra = extra or {}

@@ -1,6 +1,6 @@
 """Shared runner for baselines: fit on healthy training scans, calibrate on healthy
 calibration scans, score a folder — with exactly medidiff's post-processing and
-output layout (:func:`medidiff.score.batch.score_folder`)::
+output layout (:func:`medidiff.batch.run.score_folder`)::
 
     OUT/run.json                      method, parameters, calibration summary
     OUT/baseline/                     fitted state (statistics / weights), params.json, calibration.*
@@ -97,7 +97,8 @@ def _post_settings(cfg) -> dict[str, Any]:
 def calibrate(method: BaselineMethod, calib: str | Path, cfg, log: Callable[[str], None] = print):
     """The shared leave-one-out calibration on ``method``'s healthy model-grid maps."""
     from ..io.discover import discover
-    from ..score.calibration import CalibrationError, calibrate_maps, collect_maps
+    from ..batch.calibrate import collect_maps
+    from ..score.calibration import CalibrationError, calibrate_maps
     from ..score.postprocess import PostProcessor
 
     found = discover(calib)
@@ -118,7 +119,9 @@ def run_baseline(method: BaselineMethod, *, calib: str | Path, input: str | Path
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit (if needed) → calibrate on ``calib`` → score every scan under ``input`` → OUT layout."""
     from ..jsonutil import now_utc
-    from ..score.batch import ScanJob, discover_todo, finish_run, prepare_out, run_jobs, write_run_info
+    from ..batch.job import ScanJob
+    from ..batch.output import finish_run, prepare_out, write_run_info
+    from ..batch.run import discover_todo, run_jobs
     from ..score.postprocess import PostProcessor
 
     t_start = time.perf_counter()
@@ -135,7 +138,7 @@ def run_baseline(method: BaselineMethod, *, calib: str | Path, input: str | Path
     cal.save(out / BASELINE_DIR)
     for w in cal.warnings:
         log(f"calibration warning: {w}")
-    from ..score.batch import calibration_for_run
+    from ..batch.scorer import calibration_for_run
 
     run_info = {
         "method": f"baseline:{method.name}", "baseline": method.name, "params": method.params(),

@@ -31,7 +31,7 @@ def evaluate(
     with bootstrap CIs), voxel level (pooled AUROC/AP, Dice, lesion-wise detection by size and type),
     reconstruction fidelity. Writes RUN/evaluation/{metrics.json, summary.md, *.png}."""
     from ..evaluate.labels import LabelsError
-    from ..evaluate.run import EvalOptions, EvaluationError, evaluate_run
+    from ..evaluate import EvalOptions, EvaluationError, evaluate_run
 
     if foreground not in ("nonzero", "all"):
         typer.echo("error: --foreground must be nonzero or all", err=True)
@@ -80,7 +80,7 @@ def baseline(
     """Run a simple baseline (fit on --train, thresholds on --calib, maps for --input) and write the
     same outputs as `medidiff score`, so `medidiff evaluate` works unchanged."""
     from ..baselines import BASELINE_DIR, BaselineError, load_preprocess_config, make_baseline, run_baseline
-    from ..score.batch import OutputConflict, OutputError
+    from ..batch.output import OutputConflict, OutputError
 
     try:
         pcfg = load_preprocess_config(preprocess)

@@ -37,7 +37,8 @@ def score(
 ) -> None:
     """Score every scan under INPUT: anomaly maps and masks in each scan's own grid,
     a scores table (CSV + JSONL) and a run summary."""
-    from ..score.batch import OutputConflict, OutputError, score_folder
+    from ..batch.output import OutputConflict, OutputError
+    from ..batch.run import score_folder
     from ..score.calibration import CalibrationError
 
     if not input.exists():
@@ -75,7 +76,8 @@ def calibrate(
     """Score held-out healthy scans and store normalization statistics, voxel and scan
     thresholds at the target false-positive rates, and the healthy score distribution.
     Starts from the model's method (method.json); every setting --set/--config changes is printed."""
-    from ..score.calibration import CalibrationError, calibrate_model
+    from ..batch.calibrate import calibrate_model
+    from ..score.calibration import CalibrationError
     from ..score.method import MethodError
 
     with user_errors(CalibrationError, MethodError, ValueError):

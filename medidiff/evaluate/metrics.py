@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -271,6 +271,16 @@ def psnr(image, recon, mask=None, data_range: float | None = None) -> float:
     if mse == 0:
         return float("inf")
     return float(10 * np.log10(data_range ** 2 / mse))
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """n, mean, median, quartiles and range of the finite values (None and NaN left out)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0}
+    return {"n": int(v.size), "mean": float(v.mean()), "median": float(np.median(v)),
+            "q25": float(np.quantile(v, 0.25)), "q75": float(np.quantile(v, 0.75)),
+            "min": float(v.min()), "max": float(v.max())}
 
 
 # ----------------------------------------------------------------------------- subject-level bootstrap

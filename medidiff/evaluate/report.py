@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import atomic_path
-from . import metrics as M
+from .metrics import auroc, average_precision, pr_curve, roc_curve
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -39,20 +39,20 @@ def write_plots(out: Path, curves: dict[str, Any]) -> list[str]:
         y = np.asarray(y, bool)
         if not (y.any() and (~y).any()):
             continue
-        fpr, tpr, _ = M.roc_curve(y, s, w)
+        fpr, tpr, _ = roc_curve(y, s, w)
         fpr, tpr = _thin(fpr, tpr)
         fig, ax = plt.subplots(figsize=(4.2, 4), layout="constrained")
-        ax.plot(fpr, tpr, lw=1.5, label=f"AUROC {M.auroc(y, s, w):.3f}")
+        ax.plot(fpr, tpr, lw=1.5, label=f"AUROC {auroc(y, s, w):.3f}")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC ({level} level)")
         ax.legend(loc="lower right")
         written.append(_save(fig, out / f"roc_{level}.png"))
         plt.close(fig)
-        prec, rec, _ = M.pr_curve(y, s, w)
+        prec, rec, _ = pr_curve(y, s, w)
         rec, prec = _thin(rec, prec)
         base = float(np.average(y, weights=w))
         fig, ax = plt.subplots(figsize=(4.2, 4), layout="constrained")
-        ax.step(rec, prec, where="post", lw=1.5, label=f"AP {M.average_precision(y, s, w):.3f}")
+        ax.step(rec, prec, where="post", lw=1.5, label=f"AP {average_precision(y, s, w):.3f}")
         ax.axhline(base, color="k", ls=":", lw=0.8, label=f"chance {base:.3g}")
         ax.set(xlabel="recall", ylabel="precision", title=f"Precision–recall ({level} level)", ylim=(0, 1.02))
         ax.legend(loc="upper right")
@@ -104,6 +104,7 @@ def _ci(x, ci) -> str:
 
 
 def markdown_summary(r: dict[str, Any]) -> str:
+    """summary.md: what was evaluated, then the sample, voxel and reconstruction sections of metrics.json."""
     L = [f"# Evaluation: {r.get('method')}", "",
          f"- run: `{r['run']}`", f"- labels: `{r['labels']}`" + (f" (splits: {', '.join(r['splits'])})" if r.get("splits") else ""),
          f"- scans evaluated: {r['n_evaluated']} of {r['n_labelled']} labelled"]
@@ -116,6 +117,17 @@ def markdown_summary(r: dict[str, Any]) -> str:
                  + "; ".join(f"{f['scan_id']}: {f['error']}" for f in r["failed"]))
     if r.get("seconds_per_scan") is not None:
         L.append(f"- seconds per scan (as recorded by the run): {_f(r['seconds_per_scan'], 2)}")
+    L += _sample_lines(r)
+    L += _voxel_lines(r.get("voxel") or {})
+    L += _reconstruction_lines(r.get("reconstruction") or {})
+    if r.get("plots"):
+        L += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
+    L += ["", "## Definitions", "", r.get("definitions", "")]
+    return "\n".join(L) + "\n"
+
+
+def _sample_lines(r: dict[str, Any]) -> list[str]:
+    L: list[str] = []
     s = r.get("sample", {})
     L += ["", "## Sample level", ""]
     if "auroc" in s:
@@ -135,7 +147,12 @@ def markdown_summary(r: dict[str, Any]) -> str:
                      f"FPR resolution {_f(v['fpr_resolution'], 3)}) | {_ci(v['sensitivity'], v.get('sensitivity_ci95'))} |")
     else:
         L.append(s.get("note", "n/a"))
-    v = r.get("voxel") or {}
+    return L
+
+
+def _voxel_lines(v: dict[str, Any]) -> list[str]:
+    """Pooled voxel metrics, size and type strata, lesion detection and per-scan Dice."""
+    L: list[str] = []
     L += ["", "## Voxel level", ""]
     if v.get("available"):
         L += [f"Pooled over {v['n_voxels']:,} voxels ({v['n_positive_voxels']:,} anomalous) of {v['n_scans']} scans; "
@@ -183,7 +200,11 @@ def markdown_summary(r: dict[str, Any]) -> str:
                 L.append(f"| {label} | n/a | | | | |")
     else:
         L.append(v.get("note", "not available"))
-    rc = r.get("reconstruction") or {}
+    return L
+
+
+def _reconstruction_lines(rc: dict[str, Any]) -> list[str]:
+    L: list[str] = []
     L += ["", "## Reconstruction fidelity (healthy scans)", ""]
     if rc.get("available"):
         L.append(f"{rc['n_scans']} scans: PSNR median {_f(rc['psnr_db']['median'], 2)} dB "
@@ -191,7 +212,4 @@ def markdown_summary(r: dict[str, Any]) -> str:
                  f"{_f(rc['ssim']['median'])} (IQR {_f(rc['ssim']['q25'])}–{_f(rc['ssim']['q75'])}). {rc['definition']}.")
     else:
         L.append(rc.get("note", "not available"))
-    if r.get("plots"):
-        L += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
-    L += ["", "## Definitions", "", r.get("definitions", "")]
-    return "\n".join(L) + "\n"
+    return L

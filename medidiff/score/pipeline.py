@@ -23,7 +23,7 @@ __all__ = ["ModelGridMap", "ScanResult", "Scorer"]
 
 
 class Scorer:
-    """``calibration`` is applied as given (thresholds, flags, percentiles); :func:`medidiff.score.batch.
+    """``calibration`` is applied as given (thresholds, flags, percentiles); :func:`medidiff.batch.scorer.
     load_scorer` decides whether a model folder's calibration is valid for the settings first
     (:meth:`check_calibration`). ``precision``: a resolved precision to use instead of resolving
     ``cfg.precision`` here (Dask workers take the client's, so every process computes alike)."""

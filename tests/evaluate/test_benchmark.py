@@ -133,12 +133,13 @@ def test_benchmark_given_settings_against_a_reference_model(tiny_model_dir, mni_
     text = md.read_text()
     assert "Settings given" in text and f"| {ref_name} |" in text
     # --reuse keeps a calibration only for the weights it was made for (one --out, another --model)
-    assert bench._reusable_calibration(out / "models" / "test_medidiff", given, Path(tiny_model_dir)) is not None
+    settings = load_pipeline("benchmark_settings")
+    assert settings.reusable_calibration(out / "models" / "test_medidiff", given, Path(tiny_model_dir)) is not None
     other = tmp_path / "other_model"
     other.mkdir()
     meta = json.loads((Path(tiny_model_dir) / "model.json").read_text())
     (other / "model.json").write_text(json.dumps({**meta, "model_hash": "sha256:" + "0" * 64}))
-    assert bench._reusable_calibration(out / "models" / "test_medidiff", given, other) is None
+    assert settings.reusable_calibration(out / "models" / "test_medidiff", given, other) is None
     # --reference-set: the reference is scored with its own settings (e.g. the ones it ships with)
     res = bench.main(["--model", str(tiny_model_dir), "--data", str(cohort), "--out", str(tmp_path / "b2"),
                       "--bench-md", str(md), "--quick", "--no-val-search", "--reference-model", str(tiny_model_dir),

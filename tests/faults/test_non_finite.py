@@ -55,7 +55,7 @@ def test_any_reader_non_finite_volume_is_refused_by_content_check():
 
 
 def test_scoring_names_the_nans(tiny_model_dir, tmp_path):
-    from medidiff.score.batch import score_folder
+    from medidiff.batch.run import score_folder
 
     src = tmp_path / "in"
     src.mkdir()

@@ -24,7 +24,7 @@ CHILD = r"""
 import json, resource, sys
 from pathlib import Path
 import numpy as np, nibabel as nib
-from medidiff.score.batch import score_folder
+from medidiff.batch.run import score_folder
 
 model, tmp, shape = sys.argv[1], Path(sys.argv[2]), tuple(int(v) for v in sys.argv[3].split(","))
 

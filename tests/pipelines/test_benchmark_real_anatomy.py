@@ -31,7 +31,7 @@ def test_real_anatomy_benchmark_end_to_end(tmp_path):
     f = _factory()
     cohort, real, split = f.make_fake_cohort(tmp_path, plan=PLAN, spacing=4.0)
     model = f.tiny_template_model(tmp_path / "model")
-    from medidiff.score.calibration import calibrate_model
+    from medidiff.batch.calibrate import calibrate_model
 
     calibrate_model(model, cohort / "heads", overrides=("score.n_draws=1",), progress=False, log=lambda m: None)
     drv = load_pipeline("benchmark_real_anatomy")
@@ -67,15 +67,15 @@ def test_real_anatomy_benchmark_end_to_end(tmp_path):
     assert ro["splits"] == ["test", "cross"] and ro["test_subjects"] == 3 and ro["test_lesioned"] == 3
     assert res["protocol"]["chosen_on_val"]["baselines"]["normative"] in ("topk_mean", "percentile")
     # BENCHMARKS.md comes from the JSON alone
-    bench = load_pipeline("benchmark")
+    markdown = load_pipeline("benchmark_markdown")
     saved = json.loads((out / "real_anatomy.json").read_text())
-    assert md.read_text() == bench.render_benchmarks_md(saved, None)
+    assert md.read_text() == markdown.render_benchmarks_md(saved, None)
     text = md.read_text()
     for needle in ("## Main table — Real anatomy", "| medidiff |", "| normative |", "chance level",
                    "best baseline of this table (normative)", "Held-out split `cross`", "Site calibration",
                    "read **once**", "benchmark_real_anatomy.py", "bootstrap over subjects"):
         assert needle in text, needle
     # the template-warp run as the secondary table, below the main one
-    both = bench.render_benchmarks_md(saved, {**res, "data_info": {**res["data_info"], "has_subjects": False},
-                                              "data": "sample_data"})
+    both = markdown.render_benchmarks_md(saved, {**res, "data_info": {**res["data_info"], "has_subjects": False},
+                                                 "data": "sample_data"})
     assert both.index("## Main table") < both.index("## Secondary table — Template warps")

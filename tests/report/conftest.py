@@ -53,8 +53,8 @@ def phi():
 
 @pytest.fixture(scope="session")
 def scored_run(mni_small, tmp_path_factory):
-    from medidiff.score.batch import score_folder
-    from medidiff.score.calibration import calibrate_model
+    from medidiff.batch.run import score_folder
+    from medidiff.batch.calibrate import calibrate_model
 
     root = tmp_path_factory.mktemp("report_run")
     model = _input_dependent_model(root / "model")
@@ -113,7 +113,7 @@ def real_run(tmp_path_factory):
     import json
     import shutil
 
-    from medidiff.score.batch import score_folder
+    from medidiff.batch.run import score_folder
 
     model = ROOT / "models" / "brain_t1_4mm"
     if not (REAL_HEAD.is_dir() and (model / "calibration.json").is_file()):

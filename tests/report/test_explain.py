@@ -177,9 +177,10 @@ def test_slice_heights_are_read_at_the_point_on_oblique_scans():
     ("supra_volume", "more than 1.7 cm³ of brain lies above the voxel threshold (4.37 z)", "largest cluster"),
 ])
 def test_the_flag_rule_names_the_run_score_type(tmp_path, kind, words, never):
-    from medidiff.report.build import RunContext, _rule_text, _score_caption
+    from medidiff.report.context import RunContext
+    from medidiff.report.wording import rule_text, score_caption
 
     ctx = RunContext(out=tmp_path, run={"score_config": {"score": kind}}, summary={}, healthy_scores=[],
                      voxel_threshold=4.37, scan_threshold=1700.0, map_label="z", labels=None, show_phi=False)
-    assert words in _rule_text(ctx) and never not in _rule_text(ctx)
-    assert never not in _score_caption(ctx)
+    assert words in rule_text(ctx) and never not in rule_text(ctx)
+    assert never not in score_caption(ctx)

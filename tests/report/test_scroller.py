@@ -8,9 +8,11 @@ import gzip
 
 import numpy as np
 
-from medidiff.report.build import cm3, metric_tables, stamp
+from medidiff.report.evaluation import metric_tables
+from medidiff.report.explain import cm3
 from medidiff.report.render import ColourScale, nice_ceil, prepare, run_scale
 from medidiff.report.scroller import MAP_STEP, block_reduce, payload
+from medidiff.report.wording import stamp
 
 
 def _decode(meta, data):

@@ -25,7 +25,7 @@ def score_reference_scan() -> dict[str, object]:
     normalised map and the model-grid input (front end + preprocessing), the scan score, the
     model's weights hash and the scoring settings hash."""
     from medidiff.io.nifti import read_nifti
-    from medidiff.score.batch import load_scorer
+    from medidiff.batch.scorer import load_scorer
 
     scorer = load_scorer(MODEL, log=lambda m: None)
     result = scorer.score_volume(read_nifti(SCAN), keep_model_grid=True)

@@ -31,7 +31,7 @@ def test_shipped_2mm_model_is_a_calibrated_patch_model():
 
 
 def test_2mm_model_scores_a_lesion_on_the_scan_grid(tmp_path):
-    from medidiff.score.batch import score_folder
+    from medidiff.batch.run import score_folder
 
     scan = ROOT / "sample_data" / "test" / "test_a06.nii.gz"  # a ring lesion of 16 cm³ and a small WM cluster
     mask = nib.load(ROOT / "sample_data" / "masks" / "test" / "test_a06_mask.nii.gz")

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from medidiff.cli import app
-from medidiff.score.batch import score_folder
-from medidiff.score.calibration import calibrate_model
+from medidiff.batch.run import score_folder
+from medidiff.batch.calibrate import calibrate_model
 from medidiff.score.config import ScoreConfig
 from medidiff.score.method import write_method
 

@@ -54,8 +54,8 @@ def test_worker_computes_in_the_clients_precision(tiny_model_dir, monkeypatch):
     """A worker that resolved another precision than the client failed every scan ("give workers the same
     model folder"); it now takes the client's resolved precision, or says it cannot run it."""
     import medidiff.runtime as rt
-    from medidiff.score.batch import calibration_fingerprint, load_scorer
-    from medidiff.score.cluster import RemoteJob, _SCORERS, _worker_scorer
+    from medidiff.batch.scorer import calibration_fingerprint, load_scorer
+    from medidiff.batch.cluster import RemoteJob, _SCORERS, _worker_scorer
 
     monkeypatch.setattr(rt, "cpu_bf16_supported", lambda: False)  # the client: a CPU without bf16
     client = load_scorer(tiny_model_dir, overrides=("score.n_draws=1",), log=lambda m: None)

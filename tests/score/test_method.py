@@ -170,7 +170,7 @@ def test_bare_calibrate_keeps_the_method_and_set_is_explicit(tiny_model_dir, mni
     assert "smoothing_size: method 5.0, now 3.0" in res.output and "voxel_fpr: method 0.001, now 0.01" in res.output
     assert "--set score.smoothing_size=3.0 --set score.voxel_fpr=0.01" in res.output
     # ...and scoring, which reads the method, does not apply that calibration unless the same --set is given
-    from medidiff.score.batch import load_scorer
+    from medidiff.batch.scorer import load_scorer
 
     logs = []
     scorer = load_scorer(model, log=logs.append)
@@ -182,7 +182,7 @@ def test_bare_calibrate_keeps_the_method_and_set_is_explicit(tiny_model_dir, mni
 
 
 def test_folder_without_method_falls_back_and_says_so(tiny_model_dir, tmp_path):
-    from medidiff.score.batch import load_scorer
+    from medidiff.batch.scorer import load_scorer
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -18,7 +18,7 @@ REAL = ROOT / "sample_data" / "real" / "siemens_t1_2d_sag_hfs"
 
 def test_real_whole_head_scan_goes_through_the_front_end_and_back_onto_its_own_grid(tmp_path):
     from medidiff.io.discover import discover
-    from medidiff.score.batch import score_folder
+    from medidiff.batch.run import score_folder
 
     assert json.loads((ROOT / "models" / "brain_t1_4mm" / "model.json").read_text())["preprocess"]["space"] == "template"
     out = tmp_path / "out"
@@ -50,7 +50,7 @@ def test_real_healthy_test_heads_score_below_the_scan_threshold(tmp_path):
     tuned on) are scored with the quick-start model and its shipped calibration: not flagged."""
     import pandas as pd
 
-    from medidiff.score.batch import score_folder
+    from medidiff.batch.run import score_folder
 
     ixi = ROOT / "sample_data" / "real" / "ixi_hh"
     out = tmp_path / "out"

@@ -26,7 +26,7 @@ LESION = "val_a01"  # a 20 cm³ hyperintense lesion (and a small ring)
 def _score(model: Path, src: Path, out: Path) -> tuple[dict, float]:
     from sklearn.metrics import average_precision_score
 
-    from medidiff.score.batch import score_folder
+    from medidiff.batch.run import score_folder
 
     score_folder(model, src, out, progress=False, log=lambda m: None)
     res = json.loads((out / "scans" / LESION / "result.json").read_text())

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from faults.kit import blob, save_nifti, write_dicom_series
 from medidiff.cli import app
-from medidiff.score.batch import score_folder
+from medidiff.batch.run import score_folder
 
 pytest.importorskip("distributed")
 

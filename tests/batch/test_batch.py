@@ -14,8 +14,9 @@ from dicom_factory import regular_positions, write_series
 from typer.testing import CliRunner
 
 from medidiff.cli import app
-from medidiff.score.batch import in_shard, score_folder
-from medidiff.score.calibration import Calibration, calibrate_model
+from medidiff.batch.run import in_shard, score_folder
+from medidiff.batch.calibrate import calibrate_model
+from medidiff.score.calibration import Calibration
 
 # top-k mean: a continuous scan score, so equal anatomy gives comparable scores
 FAST = ("score.n_draws=2", "score.batch_size=4", "score.score=topk_mean")

@@ -3,7 +3,7 @@
 The client (the ``medidiff score`` process) discovers scans, skips finished ones and
 submits one task per remaining scan. A worker builds the scorer once (cached per
 worker process), reads the scan itself from the shared path and runs the same
-:meth:`~medidiff.score.batch.ScanJob.run` as a local run: outputs are written
+:meth:`~medidiff.batch.job.ScanJob.run` as a local run: outputs are written
 atomically and result.json last, so a scan is either complete or absent. Every scan
 uses the configured seed, so the result does not depend on which worker scored it.
 
@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..io.naming import safe_join
-from .batch import (RESULT_FILE, OutputError, ScanJob, calibration_fingerprint, load_scorer, new_record,
-                    remove_stale_temps)
-from .result import ScanRecord
+from ..score.result import RESULT_FILE, ScanRecord
+from .job import ScanJob, new_record, remove_stale_temps
+from .output import OutputError
+from .scorer import calibration_fingerprint, load_scorer
 
 INSTALL_HINT = "pip install 'medidiff[cluster]'"
 TASK_RETRIES = 2  # for errors raised by a task itself (e.g. the model not readable on one worker)

@@ -32,7 +32,7 @@ def _records(out: Path) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_local_and_two_workers_give_identical_results(tmp_path, monkeypatch):
-    from medidiff.score.batch import score_folder
+    from medidiff.batch.run import score_folder
 
     monkeypatch.delenv("MEDIDIFF_THREADS", raising=False)  # the real default: local = cores, workers = cores / 2
     src = tmp_path / "in"
