@@ -59,7 +59,7 @@ def role_rows(split_csv: Path, roles: list[str], cohort: Path, real_scans: Path 
 
 
 def load_rows(rows: list[dict], pcfg, cache: Path | None, log: Callable[[str], None]):
-    from medidiff.sampling.cache import preprocess_cached
+    from medidiff.train.scan_cache import preprocess_cached
 
     images, fgs, ids = [], [], []
     for r in rows:

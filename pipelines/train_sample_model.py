@@ -141,7 +141,7 @@ def ship(run_dir: Path) -> str:
     from safetensors.torch import load_file
 
     from medidiff.model.config import Config
-    from medidiff.train.checkpoint import read_metadata, save_model
+    from medidiff.model.store import read_metadata, save_model
 
     meta = read_metadata(run_dir)
     tensors = load_file(str(run_dir / "model.safetensors"))

@@ -365,7 +365,7 @@ def load_scorer(model_dir: str | Path, config_path: str | Path | None = None, ov
     percentiles — unless ``use_mismatched_calibration``. ``scorer.calibration_record`` is the
     folder's calibration either way (run.json describes it)."""
     from ..runtime import resolve_device
-    from ..train.checkpoint import load_model
+    from ..model.store import load_model
     from .calibration import Calibration
     from .method import format_diff, method_diff
     from .pipeline import Scorer

@@ -404,7 +404,7 @@ def calibrate_model(model_dir: str | Path, healthy: str | Path, *, overrides: tu
     """Score held-out healthy scans with the model and store the calibration in its folder."""
     from ..io.discover import discover
     from ..runtime import resolve_device, set_threads
-    from ..train.checkpoint import load_model
+    from ..model.store import load_model
     from .pipeline import Scorer
 
     set_threads(power_of_two=True)

@@ -1,5 +1,2 @@
-"""Training: data preparation, the loop, checkpoints (``python -m medidiff.train``)."""
-
-from .checkpoint import CheckpointError, LoadedModel, load_model
-
-__all__ = ["CheckpointError", "LoadedModel", "load_model"]
+"""Training: data preparation, the loop, resume state (``python -m medidiff.train``).
+Trained models are saved and loaded by :mod:`medidiff.model.store`."""
