@@ -14,10 +14,10 @@ import torch
 
 from medidiff.generator.config import load_generator_config
 from medidiff.generator.sampler import LatentSampler
-from medidiff.generator.store import load_generator, model_kind, save_generator, build_autoencoder, build_latent_unet
+from medidiff.generator.store import load_generator, save_generator, build_autoencoder, build_latent_unet
 from medidiff.generator.train import train_generator
 from medidiff.model.sampler_config import SamplerConfig
-from medidiff.model.folder import CheckpointError
+from medidiff.model.folder import CheckpointError, model_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "generator_tiny.yaml"
