@@ -34,7 +34,7 @@ def peak_rss_mib() -> float:
 
 def measure(cfg, data: Path, steps: int, device: str, threads: int | None = None) -> dict:
     """Time ``steps`` training steps (after 2 warm-up steps) at the configured settings."""
-    from medidiff.train.data import list_scans, prepare
+    from medidiff.dataset import list_scans, prepare
     from medidiff.train.loop import Trainer, set_threads
 
     set_threads(1, threads)

@@ -36,12 +36,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..dataset import PreparedData, prepare
 from ..io.atomic import atomic_path, write_text_atomic
 from ..jsonutil import json_default
 from ..model.folder import META_FILE, refuse_pickle, sha256_file
 from ..preprocess import PreprocessConfig
 from ..train import checkpoint as ckpt
-from ..train.data import PreparedData, make_batch, prepare, sample_indices, step_seed
+from ..train.data import make_batch, sample_indices, step_seed
 from ..train.loop import lr_lambda_factory
 from .config import GeneratorConfig, StageConfig
 from .store import build_autoencoder, build_latent_unet, save_generator
@@ -87,7 +88,7 @@ def load_training_data(data: str | Path, cfg: GeneratorConfig, run_dir: Path, sp
     ``scan_cache``: take (and leave) each scan's preprocessing in that shared cache folder."""
     from safetensors.torch import load_file, save_file
 
-    from ..train.data import list_scans
+    from ..dataset import list_scans
 
     sources = list_scans(data, splits=list(splits) if splits else None)
     if not sources:

@@ -31,7 +31,7 @@ def preprocess_cached(path: str | Path, pcfg, cache_dir: str | Path | None,
                       log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image, foreground) of one scan (file or DICOM folder) on ``pcfg``'s grid, model units."""
     from ..preprocess import preprocess
-    from .data import list_scans
+    from ..dataset import list_scans
 
     path = Path(path)
     cpath = Path(cache_dir) / f"{_key(path, pcfg)}.safetensors" if cache_dir is not None else None

@@ -76,7 +76,7 @@ def test_run_training_from_nifti_folder(nifti_dir, tmp_path):
 
 
 def test_manifest_splits_and_labels(nifti_dir, tmp_path):
-    from medidiff.train.data import list_scans
+    from medidiff.dataset import list_scans
 
     man = tmp_path / "m.csv"
     man.write_text("path,split,label\n" + "\n".join(
