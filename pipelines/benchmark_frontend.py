@@ -72,7 +72,7 @@ def main() -> int:
         from medidiff.score.calibration import Calibration
         from medidiff.score.config import load_score_config
         from medidiff.score.pipeline import Scorer
-        from medidiff.train.checkpoint import load_model
+        from medidiff.model.store import load_model
 
         loaded = load_model(args.model)
         cal = Calibration.load(args.model, loaded.model_hash)

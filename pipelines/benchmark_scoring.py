@@ -46,7 +46,7 @@ from medidiff.score.calibration import Calibration
 from medidiff.score.config import load_score_config
 from medidiff.score.pipeline import Scorer
 from medidiff.score.result import write_scan_outputs
-from medidiff.train.checkpoint import load_model
+from medidiff.model.store import load_model
 
 args = json.loads(sys.argv[1])
 threads = set_threads()
@@ -190,7 +190,7 @@ import json, sys, time
 import torch
 from medidiff.model.backends import with_backend
 from medidiff.runtime import autocast_ctx, resolve_precision, set_threads
-from medidiff.train.checkpoint import load_model
+from medidiff.model.store import load_model
 args = json.loads(sys.argv[1])
 threads = set_threads()
 loaded = load_model(args["model"])
@@ -278,7 +278,7 @@ def val_ap(model: str, data: str, rows: list[tuple[str, str, list[str]]], calib_
     from medidiff.score.method import load_method
     from medidiff.score.pipeline import Scorer
     from medidiff.io.discover import discover
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     set_threads()
     root = Path(data)
@@ -362,7 +362,7 @@ def make_grid128_model(tmp: Path) -> Path:
 
     from medidiff.model.config import load_config
     from medidiff.model.network import build_network
-    from medidiff.train.checkpoint import save_model
+    from medidiff.model.store import save_model
 
     cfg = load_config(ROOT / "configs" / "brain_t1_4mm.yaml", ["preprocess.grid=[128,128,128]",
                                                                "preprocess.spacing=[1.5,1.5,1.5]"])

@@ -33,7 +33,7 @@ def copy_model(model: Path, dest: Path, with_method: bool = False) -> Path:
     calibration; the method.json only ``with_method`` (--use-method): otherwise the settings of a copy are
     the defaults plus the benchmark's explicit overrides, whatever method the model ships."""
     from medidiff.score.method import METHOD_FILE
-    from medidiff.train.checkpoint import META_FILE, MODEL_FILE
+    from medidiff.model.folder import META_FILE, MODEL_FILE
 
     dest.mkdir(parents=True, exist_ok=True)
     for name in (MODEL_FILE, META_FILE):

@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     import tempfile
 
     from medidiff.runtime import resolve_device, resolve_precision, set_threads
-    from medidiff.sampling.run import open_generator
-    from medidiff.sampling.sampler import SamplerConfig
+    from medidiff.synthesis.run import open_generator
+    from medidiff.model.sampler_config import SamplerConfig
 
     threads = set_threads()
     model = Path(args.model)

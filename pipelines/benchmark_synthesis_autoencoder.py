@@ -59,7 +59,7 @@ def role_rows(split_csv: Path, roles: list[str], cohort: Path, real_scans: Path 
 
 
 def load_rows(rows: list[dict], pcfg, cache: Path | None, log: Callable[[str], None]):
-    from medidiff.sampling.cache import preprocess_cached
+    from medidiff.train.scan_cache import preprocess_cached
 
     images, fgs, ids = [], [], []
     for r in rows:
@@ -136,7 +136,7 @@ def main(argv=None, log: Callable[[str], None] = print) -> dict[str, Any]:
     a = parse(argv)
     from medidiff.generator.config import load_generator_config
     from medidiff.runtime import set_threads
-    from medidiff.train.data import PreparedData
+    from medidiff.dataset import PreparedData
 
     threads = set_threads(1, a.threads)
     cfg = load_generator_config(a.config, a.set)

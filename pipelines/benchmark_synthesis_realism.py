@@ -7,7 +7,7 @@ drawn and compared with the real heads of ``--reference-roles`` of the subject s
 * brain fraction of the grid, intensity Wasserstein inside the brain, MMD² (RBF, 2x pooled) and the
   feature Fréchet distance (fixed random 3D conv net), each next to its **real-vs-real** value:
   real half A against real half B, samples (as many as A) against the same half B
-  (``medidiff.sampling.quality.real_vs_real``);
+  (``medidiff.synthesis.quality.real_vs_real``);
 * MS-SSIM among samples against the range among the real heads;
 * **memorisation** against the training subjects (``--train-roles``, default ``train``): every
   sample's nearest-training-subject similarity next to the same similarity of each held-out real
@@ -66,7 +66,7 @@ def load_role(split_csv: Path, roles: list[str], cohort: Path, real_scans: Path 
     from real_split import read_split, scan_paths
 
     from medidiff.generator.conditioning import canonical
-    from medidiff.sampling.cache import preprocess_cached
+    from medidiff.train.scan_cache import preprocess_cached
 
     rows = scan_paths(read_split(split_csv), roles, cohort, real_scans)
     out: dict[str, list] = {"ids": [], "images": [], "fgs": [], "conditions": []}
@@ -86,8 +86,8 @@ def load_role(split_csv: Path, roles: list[str], cohort: Path, real_scans: Path 
 def draw_samples(model: Path, out: Path, n: int, seed: int, steps, guidance, conditions, log) -> tuple[list, list, dict]:
     from medidiff.generator.store import load_generator
     from medidiff.io.nifti import read_nifti
-    from medidiff.sampling.run import SynthOptions, synthesize_run
-    from medidiff.sampling.sampler import SamplerConfig
+    from medidiff.synthesis.run import SynthOptions, synthesize_run
+    from medidiff.model.sampler_config import SamplerConfig
 
     g = load_generator(model)
     names = tuple(g.config.latent.conditioning)
@@ -106,7 +106,7 @@ def draw_samples(model: Path, out: Path, n: int, seed: int, steps, guidance, con
 
 
 def evaluate_model(images, conds, refs, train, n_boot: int, log) -> dict[str, Any]:
-    from medidiff.sampling import quality as q
+    from medidiff.synthesis import quality as q
 
     ids = [f"synth_{i:05d}" for i in range(len(images))]
     fgs = [q.foreground(im) for im in images]

@@ -89,8 +89,8 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def synthesize(generator: str, out: Path, n: int, steps: int | None, seed: int, log: Callable[[str], None]) -> Path:
-    from medidiff.sampling.run import SynthOptions, synthesize_run
-    from medidiff.sampling.sampler import SamplerConfig
+    from medidiff.synthesis.run import SynthOptions, synthesize_run
+    from medidiff.model.sampler_config import SamplerConfig
 
     summary = synthesize_run(generator, out, SynthOptions(n=n, base_seed=seed, quality=False,
                                                           sampler=SamplerConfig(steps=steps)),
@@ -239,7 +239,7 @@ def ratio_ci(y, s_num, s_den, groups, n_boot: int, seed: int = 0) -> list[float]
 
 
 def _eval_set(labels_csv: Path, split: str, pcfg, cache, log) -> dict[str, Any]:
-    from medidiff.sampling.cache import preprocess_cached
+    from medidiff.train.scan_cache import preprocess_cached
 
     with open(labels_csv, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("split") == split]
@@ -268,9 +268,9 @@ def main_real(a, log: Callable[[str], None]) -> dict[str, Any]:
     from medidiff.generator.store import load_generator
     from medidiff.io.nifti import read_nifti
     from medidiff.runtime import set_threads
-    from medidiff.sampling.quality import foreground
-    from medidiff.sampling.run import SynthOptions, synthesize_run
-    from medidiff.sampling.sampler import SamplerConfig
+    from medidiff.synthesis.quality import foreground
+    from medidiff.synthesis.run import SynthOptions, synthesize_run
+    from medidiff.model.sampler_config import SamplerConfig
 
     sys.path.insert(0, str(ROOT / "pipelines"))
     from benchmark_synthesis_realism import load_role

@@ -45,7 +45,7 @@ def measure(cfg, data: Path, splits, steps: int) -> dict:
 
     from medidiff.generator.store import build_autoencoder, build_latent_unet
     from medidiff.generator.train import Stage, autoencoder_loss, latent_loss
-    from medidiff.train.data import list_scans, prepare
+    from medidiff.dataset import list_scans, prepare
 
     sources = list_scans(data, splits)[: max(2, cfg.train_autoencoder.batch_size)]
     t0 = time.monotonic()
@@ -80,7 +80,7 @@ def cohort_manifest(cohort: Path, real_scans: Path | None, split_csv: Path, role
                     out: Path) -> tuple[Path, dict[str, dict]]:
     """RUN/manifest.csv of the split's ``roles`` (split column ``train``) and each scan's
     ``{"age", "sex"}`` keyed by the scan id training sees."""
-    from medidiff.train.data import list_scans
+    from medidiff.dataset import list_scans
     sys.path.insert(0, str(ROOT / "pipelines"))
     from real_split import read_split, scan_paths, write_manifest
 

@@ -36,7 +36,7 @@ def peak_rss_mib() -> float:
 
 def measure(cfg, data: Path, steps: int, device: str, threads: int | None = None) -> dict:
     """Time ``steps`` training steps (after 2 warm-up steps) at the configured settings."""
-    from medidiff.train.data import list_scans, prepare
+    from medidiff.dataset import list_scans, prepare
     from medidiff.runtime import set_threads
     from medidiff.train.loop import Trainer
 
@@ -144,7 +144,7 @@ def ship(run_dir: Path) -> str:
     from safetensors.torch import load_file
 
     from medidiff.model.config import Config
-    from medidiff.train.checkpoint import read_metadata, save_model
+    from medidiff.model.store import read_metadata, save_model
 
     meta = read_metadata(run_dir)
     tensors = load_file(str(run_dir / "model.safetensors"))

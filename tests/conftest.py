@@ -24,7 +24,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     from medidiff.model.config import load_config
     from medidiff.model.network import build_network
-    from medidiff.train.checkpoint import save_model
+    from medidiff.model.store import save_model
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / "configs" / "tiny.yaml")

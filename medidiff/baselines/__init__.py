@@ -32,7 +32,7 @@ def load_preprocess_config(source: str | Path | None) -> PreprocessConfig:
     else:
         source = Path(source)
         if source.is_dir():
-            from ..train.checkpoint import read_metadata
+            from ..model.store import read_metadata
 
             return PreprocessConfig.from_dict(read_metadata(source)["config"]["preprocess"])
         text = source.read_text()

@@ -102,7 +102,7 @@ class AutoencoderBaseline(BaselineMethod):
         import torch
 
         from ..runtime import set_threads
-        from ..train.data import list_scans, prepare
+        from ..dataset import list_scans, prepare
 
         set_threads()
         data = prepare(list_scans(train), self.pcfg)

@@ -73,7 +73,7 @@ def calibrate_model(model_dir: str | Path, healthy: str | Path, *, overrides: tu
     from ..io.discover import discover
     from ..runtime import resolve_device, set_threads
     from ..score.pipeline import Scorer
-    from ..train.checkpoint import load_model
+    from ..model.store import load_model
 
     set_threads(power_of_two=True)
     loaded = load_model(model_dir, device=resolve_device(device))

@@ -47,7 +47,7 @@ def load_scorer(model_dir: str | Path, config_path: str | Path | None = None, ov
     from ..score.method import format_diff, method_diff
     from ..score.pipeline import Scorer
     from ..score.postprocess import PostProcessor
-    from ..train.checkpoint import load_model
+    from ..model.store import load_model
 
     loaded = load_model(model_dir, device=resolve_device(device))
     calibration = Calibration.load(model_dir, model_hash=loaded.model_hash)

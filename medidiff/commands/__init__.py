@@ -12,7 +12,7 @@ import typer
 def user_errors(*expected: type[BaseException]) -> Iterator[None]:
     """Expected failures (bad input, output conflicts, refused checkpoints) become
     one ``error:`` line and exit code 2 instead of a traceback."""
-    from ..train.checkpoint import CheckpointError
+    from ..model.folder import CheckpointError
 
     try:
         yield

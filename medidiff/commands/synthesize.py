@@ -74,8 +74,8 @@ def synthesize(
     """Generate healthy-looking scans from noise with a trained model: NIfTI on the model grid
     (RAS, centred at 0, model intensity units), optional DICOM, optional labelled synthetic
     anomalies, a manifest and a quality report."""
-    from ..sampling.run import SynthConflict, SynthOptions, synthesize_run
-    from ..sampling.sampler import SamplerConfig
+    from ..synthesis.run import SynthConflict, SynthOptions, synthesize_run
+    from ..model.sampler_config import SamplerConfig
 
     with user_errors(SynthConflict, ValueError, FileNotFoundError):
         clip = None

@@ -27,7 +27,7 @@ import torch
 
 from ..model.config import DiffusionConfig
 from ..model.diffusion import build_scheduler, ddim_step, predict_eps, predict_x0
-from ..sampling.sampler import SamplerConfig, sampling_timesteps
+from ..model.sampler_config import SamplerConfig, sampling_timesteps
 from .store import LoadedGenerator
 
 
@@ -67,7 +67,7 @@ def rflow_scheduler(latent_cfg):
 
 
 class LatentSampler:
-    """Same interface as :class:`medidiff.sampling.sampler.Sampler`: ``cfg`` and ``sample(seeds)``;
+    """Same interface as :class:`medidiff.synthesis.sampler.Sampler`: ``cfg`` and ``sample(seeds)``;
     plus ``conditions`` (one per seed, or one for all) and ``guidance``."""
 
     def __init__(self, loaded: LoadedGenerator, cfg: SamplerConfig | None = None, guidance: float | None = None):

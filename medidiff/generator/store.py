@@ -5,7 +5,8 @@
 hand-edited ``model.json`` is caught. ``LDM_DIR/model.json`` (format ``medidiff-generator``)
 records the config, the preprocessing and front-end fingerprint, the latent scale factor and
 shape, what training did (steps, CPU seconds, losses per stage) and the sha256 of the weights
-(``model_hash``), checked on every load.
+(``model_hash``), checked on every load. The folder mechanics (hashing, safetensors, pickle
+refusal, which kind a folder holds) are :mod:`medidiff.model.folder`'s.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from typing import Any
 
 import torch
 
-from ..io.atomic import write_text_atomic
 from ..jsonutil import json_default
-from ..train.checkpoint import (META_FILE, MODEL_FILE, CheckpointError, _frontend_fingerprint,
-                                _load_tensors, read_description, _save_tensors, _version, sha256_file)
+from ..model.folder import (GENERATOR_FORMAT, LATENT_KIND, META_FILE, CheckpointError, check_frontend,
+                            frontend_fingerprint, load_tensors, package_version, read_description, read_header,
+                            restore_weights, verified_weights, write_description, write_weights)
 from .config import AutoencoderConfig, GeneratorConfig, LatentConfig
 
-FORMAT = "medidiff-generator"
+FORMAT = GENERATOR_FORMAT
 FORMAT_VERSION = 1
-KIND = "latent_diffusion"
+KIND = LATENT_KIND
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> torch.nn.Module:
@@ -52,33 +53,20 @@ def build_latent_unet(cfg: LatentConfig, latent_channels: int) -> torch.nn.Modul
                               num_head_channels=cfg.num_head_channels, use_flash_attention=True)
 
 
-def model_kind(model_dir: str | Path) -> str:
-    """``pixel`` (a ``medidiff train`` run) or ``latent_diffusion`` (this package), from model.json."""
-    meta_path = Path(model_dir) / META_FILE
-    if not meta_path.is_file():
-        return "pixel"  # load_model gives the full refusal message (pickles found, ...)
-    try:
-        fmt = json.loads(meta_path.read_text()).get("format")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return "pixel"
-    return KIND if fmt == FORMAT else "pixel"
-
-
 def save_generator(model_dir: str | Path, cfg: GeneratorConfig, autoencoder: dict[str, torch.Tensor],
                    unet: dict[str, torch.Tensor], scale_factor: float, metadata: dict[str, Any]) -> str:
     """Write model.safetensors, then model.json with its hash. Returns the hash."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     tensors = {**{f"autoencoder.{k}": v for k, v in autoencoder.items()}, **{f"unet.{k}": v for k, v in unet.items()}}
-    _save_tensors(tensors, model_dir / MODEL_FILE, metadata={
+    digest = write_weights(model_dir, tensors, header={
         "format": FORMAT, "config": json.dumps(cfg.to_dict(), sort_keys=True, default=json_default),
         "scale_factor": repr(float(scale_factor))})
-    digest = sha256_file(model_dir / MODEL_FILE)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND, "medidiff_version": _version(),
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND, "medidiff_version": package_version(),
             "torch_version": torch.__version__, **metadata, "config": cfg.to_dict(),
-            "preprocess": cfg.preprocess.to_dict(), "frontend": _frontend_fingerprint(cfg.preprocess),
+            "preprocess": cfg.preprocess.to_dict(), "frontend": frontend_fingerprint(cfg.preprocess),
             "scale_factor": float(scale_factor), "latent_shape": list(cfg.latent_shape), "model_hash": digest}
-    write_text_atomic(model_dir / META_FILE, json.dumps(meta, indent=2, default=json_default) + "\n")
+    write_description(model_dir, meta)
     return digest
 
 
@@ -97,35 +85,18 @@ class LoadedGenerator:
         return self.config.preprocess
 
 
-def _read_meta(model_dir: Path) -> dict[str, Any]:
-    return read_description(model_dir, FORMAT, FORMAT_VERSION, kind="generator")
-
-
-def _stored_header(wpath: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(wpath), framework="pt") as fh:
-        return dict(fh.metadata() or {})
-
-
 def load_generator(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
     """Load a generator folder: hash of the weights checked against model.json, config and scale
     factor checked against the copies inside the hashed weights file; safetensors + JSON only."""
     model_dir = Path(model_dir)
-    meta = _read_meta(model_dir)
-    wpath = model_dir / MODEL_FILE
-    if not wpath.is_file():
-        raise CheckpointError(f"{model_dir}: {MODEL_FILE} missing")
-    actual = sha256_file(wpath)
-    if actual != meta.get("model_hash"):
-        raise CheckpointError(f"{wpath}: content hash {actual} does not match model.json ({meta.get('model_hash')}); "
-                              "the weights were modified or belong to another generator — refusing to load")
-    tensors = _load_tensors(wpath)  # refuses pickles before parsing
+    meta = read_description(model_dir, FORMAT, FORMAT_VERSION, kind="generator")
+    wpath, actual = verified_weights(model_dir, meta, owner="generator")
+    tensors = load_tensors(wpath)  # refuses pickles before parsing
     try:
         cfg = GeneratorConfig.from_dict(meta["config"])
     except Exception as exc:
         raise CheckpointError(f"{model_dir / META_FILE}: bad generator config ({exc})") from exc
-    header = _stored_header(wpath)
+    header = read_header(wpath)
     try:  # re-read through GeneratorConfig: options added since (at their defaults) still match
         raw_cfg = header.get("config")
         stored_cfg = GeneratorConfig.from_dict(json.loads(raw_cfg)).to_dict() if raw_cfg else None
@@ -136,27 +107,11 @@ def load_generator(model_dir: str | Path, device: str | torch.device = "cpu") ->
             float(header.get("scale_factor", "nan")) != float(meta.get("scale_factor", "nan")):
         raise CheckpointError(f"{model_dir / META_FILE}: config or scale_factor differs from the one stored with the "
                               "weights; restore the original model.json")
-    if cfg.preprocess.space == "template":
-        from ..frontend.config import check_reproducible
-
-        try:
-            check_reproducible(meta.get("frontend"), cfg.preprocess.frontend_config())
-        except ValueError as exc:
-            raise CheckpointError(f"{model_dir / META_FILE}: {exc}") from exc
+    check_frontend(meta, cfg.preprocess, model_dir)
     dev = torch.device(device)
-    ae = _restore(build_autoencoder(cfg.autoencoder), tensors, "autoencoder.", wpath).to(dev)
-    unet = _restore(build_latent_unet(cfg.latent, cfg.autoencoder.latent_channels), tensors, "unet.", wpath).to(dev)
+    ae = restore_weights(build_autoencoder(cfg.autoencoder), tensors, "autoencoder.", wpath,
+                         what="autoencoder weights").to(dev)
+    unet = restore_weights(build_latent_unet(cfg.latent, cfg.autoencoder.latent_channels), tensors, "unet.", wpath,
+                           what="unet weights").to(dev)
     return LoadedGenerator(ae, unet, cfg, float(meta["scale_factor"]), actual, meta, dev)
 
-
-def _restore(net: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, wpath: Path) -> torch.nn.Module:
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{wpath}: {prefix[:-1]} weights do not fit the configured network "
-                              f"({str(exc)[:300]})") from exc
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net

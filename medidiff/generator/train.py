@@ -36,11 +36,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..io.atomic import write_text_atomic
+from ..dataset import PreparedData, prepare
+from ..io.atomic import atomic_path, write_text_atomic
 from ..jsonutil import json_default
+from ..model.folder import META_FILE, refuse_pickle, sha256_file
 from ..preprocess_config import PreprocessConfig
 from ..train import checkpoint as ckpt
-from ..train.data import PreparedData, make_batch, prepare, sample_indices, step_seed
+from ..train.data import make_batch, sample_indices, step_seed
 from ..train.lr_schedule import lr_lambda_factory
 from .config import GeneratorConfig, StageConfig
 from .store import build_autoencoder, build_latent_unet, save_generator
@@ -57,8 +59,8 @@ def _cache_key(sources, pcfg) -> str:
 
 
 def _prepare_from_scan_cache(sources, pcfg, scan_cache: Path, log_fn) -> PreparedData:
-    """The scans through :func:`medidiff.sampling.cache.preprocess_cached` (shared with the benchmarks)."""
-    from ..sampling.cache import preprocess_cached
+    """The scans through :func:`medidiff.train.scan_cache.preprocess_cached` (shared with the benchmarks)."""
+    from ..train.scan_cache import preprocess_cached
 
     images, fgs, ids, skipped = [], [], [], []
     for src in sources:
@@ -86,7 +88,7 @@ def load_training_data(data: str | Path, cfg: GeneratorConfig, run_dir: Path, sp
     ``scan_cache``: take (and leave) each scan's preprocessing in that shared cache folder."""
     from safetensors.torch import load_file, save_file
 
-    from ..train.data import list_scans
+    from ..dataset import list_scans
 
     sources = list_scans(data, splits=list(splits) if splits else None)
     if not sources:
@@ -95,8 +97,8 @@ def load_training_data(data: str | Path, cfg: GeneratorConfig, run_dir: Path, sp
     meta_path, tens_path = run_dir / "data_cache.json", run_dir / "data_cache.safetensors"
     if meta_path.is_file() and tens_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key and meta.get("hash") == ckpt.sha256_file(tens_path):
-            ckpt._refuse_pickle(tens_path)
+        if meta.get("key") == key and meta.get("hash") == sha256_file(tens_path):
+            refuse_pickle(tens_path)
             t = load_file(str(tens_path))
             return PreparedData(t["images"].numpy(), t["foregrounds"].numpy().astype(bool), meta["scan_ids"],
                                 meta["summary"])
@@ -106,10 +108,10 @@ def load_training_data(data: str | Path, cfg: GeneratorConfig, run_dir: Path, sp
     if not len(prepared):
         raise ValueError(f"{data}: no training scan survived preprocessing: {prepared.summary.get('skipped')}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    with ckpt.atomic_path(tens_path) as tmp:
+    with atomic_path(tens_path) as tmp:
         save_file({"images": torch.from_numpy(prepared.images),
                    "foregrounds": torch.from_numpy(prepared.foregrounds.astype(np.uint8))}, str(tmp))
-    write_text_atomic(meta_path, json.dumps({"key": key, "hash": ckpt.sha256_file(tens_path),
+    write_text_atomic(meta_path, json.dumps({"key": key, "hash": sha256_file(tens_path),
                                              "scan_ids": prepared.scan_ids, "summary": prepared.summary},
                                             default=json_default) + "\n")
     return prepared
@@ -333,13 +335,13 @@ class Discriminator:
         sub = folder / "discriminator"
         if not (sub / ckpt.STATE_META_FILE).is_file():
             raise ckpt.CheckpointError(f"{sub}: the discriminator's state is missing; cannot resume exactly")
-        rng = ckpt._rng_states()  # the stage's own RNG state was restored first: keep it
+        rng = ckpt.rng_states()  # the stage's own RNG state was restored first: keep it
         tensors, meta = ckpt.load_train_state(sub)
         if int(meta["step"]) != int(step):
             log.warning("%s: discriminator saved at step %s, autoencoder at %s", sub, meta["step"], step)
         ckpt.restore_train_state(tensors, meta, model=self.net, ema_model=copy.deepcopy(self.net),
                                  optimizer=self.opt, lr_scheduler=self.sched)
-        ckpt._set_rng_states(*rng)
+        ckpt.set_rng_states(*rng)
 
 
 def autoencoder_loss(data: PreparedData, scfg: StageConfig, disc: Discriminator | None = None):
@@ -417,8 +419,8 @@ def encode_training_set(ae: torch.nn.Module, data: PreparedData, cfg: GeneratorC
            "seed": int(scfg.seed), "n": len(data)}
     if path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key and meta.get("hash") == ckpt.sha256_file(path):
-            ckpt._refuse_pickle(path)
+        if meta.get("key") == key and meta.get("hash") == sha256_file(path):
+            refuse_pickle(path)
             return load_file(str(path))["latents"], float(meta["scale_factor"])
     n_copies = int(scfg.augment_copies)
     log_fn(f"encoding {len(data)} scan(s) x {1 + n_copies} (scan + augmented copies) into latents")
@@ -437,9 +439,9 @@ def encode_training_set(ae: torch.nn.Module, data: PreparedData, cfg: GeneratorC
     scale = float(1.0 / latents.std().clamp_min(1e-6))
     latents = (latents * scale).contiguous()
     out.mkdir(parents=True, exist_ok=True)
-    with ckpt.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         save_file({"latents": latents}, str(tmp))
-    write_text_atomic(meta_path, json.dumps({"key": key, "hash": ckpt.sha256_file(path), "scale_factor": scale,
+    write_text_atomic(meta_path, json.dumps({"key": key, "hash": sha256_file(path), "scale_factor": scale,
                                              "shape": list(latents.shape)}) + "\n")
     return latents, scale
 
@@ -546,7 +548,7 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
         return report
 
     ae_state = {k: v.detach().cpu() for k, v in ae_stage.ema.state_dict().items()}
-    ae_hash = ckpt.sha256_file(run_dir / "autoencoder" / json.loads(
+    ae_hash = sha256_file(run_dir / "autoencoder" / json.loads(
         (run_dir / "autoencoder" / ckpt.STATE_META_FILE).read_text())["state_file"])
     latents, scale = encode_training_set(ae_stage.ema, data_, cfg, run_dir / "latent", ae_hash, log_fn)
     torch.manual_seed(cfg.train_latent.seed)
@@ -584,13 +586,13 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
         save_generator(run_dir, cfg, ae_state, unet_state, scale, meta)
         _plot(run_dir, ae_stage, stage)
 
-    if lat_stage.finished and not (run_dir / ckpt.META_FILE).is_file():
+    if lat_stage.finished and not (run_dir / META_FILE).is_file():
         export(lat_stage)
     if not lat_stage.finished:
         report["stopped"] = lat_stage.run(deadline, on_checkpoint=export, log_fn=log_fn, max_new_steps=max_new_steps)
     report["latent"] = lat_stage.summary()
     report["scale_factor"] = scale
-    report["model"] = str(run_dir) if (run_dir / ckpt.META_FILE).is_file() else None
+    report["model"] = str(run_dir) if (run_dir / META_FILE).is_file() else None
     report["finished"] = lat_stage.finished
     _write_report(run_dir, report)
     return report
@@ -620,6 +622,6 @@ def _plot(run_dir: Path, ae: Stage, lat: Stage | None) -> None:
             ax.set_yscale("log")
         ax.set_xlabel("step")
     fig.tight_layout()
-    with ckpt.atomic_path(run_dir / "loss_curve.png") as tmp:
+    with atomic_path(run_dir / "loss_curve.png") as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)

@@ -38,7 +38,7 @@ import torch
 
 from ..io.atomic import atomic_path, write_text_atomic
 
-from ..score.config import BACKENDS
+BACKENDS = ("torch", "openvino")  # score.backend
 CACHE_ENV = "MEDIDIFF_CACHE_DIR"
 EXPORT_FORMAT = 1  # bump when the exported graph's inputs/outputs change
 # An export must reproduce PyTorch's fp32 output this closely (max |difference|, network output

@@ -14,11 +14,12 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..model.backends import BACKENDS
+
 SMOOTHING = ("median", "gaussian", "none")
 NORMALIZATION = ("voxelwise", "global", "none")
 T_COMBINE = ("reconstruction", "zscore")
 SCORE_TYPES = ("topk_mean", "percentile", "supra_volume", "largest_cluster")
-BACKENDS = ("torch", "openvino")  # medidiff.model.backends
 
 
 @dataclass

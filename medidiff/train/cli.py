@@ -61,7 +61,7 @@ def train(
 
         rep = {"config": cfg.to_dict(), **dry_run_report(cfg, device)}
         if data is not None:
-            from .data import list_scans
+            from ..dataset import list_scans
 
             is_manifest = data.is_file() and data.suffix.lower() in (".csv", ".tsv")
             rep["training_scans_found"] = len(list_scans(data, [train_split] if is_manifest and train_split else None))

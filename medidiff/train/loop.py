@@ -23,14 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..dataset import PreparedData
 from ..model.config import Config, ConfigError
 from ..model.diffusion import add_noise, build_scheduler, training_target
 from ..model.network import build_network, count_parameters
 from ..model.noise import make_noise
 from ..model.patches import coordinate_grid, crop, draw_patch_origin
+from ..model.store import load_model, save_model
 from ..runtime import autocast_ctx, resolve_device, resolve_precision
 from . import checkpoint as ckpt
-from .data import PreparedData, make_batch, step_seed
+from .data import make_batch, step_seed
 from .distributed import all_ranks_mean, any_rank, dist_info
 from .lr_schedule import lr_lambda_factory
 from .progress import TrainProgress, plot_loss_curve
@@ -197,7 +199,7 @@ class Trainer:
     def warm_start(self, model_dir: str | Path) -> None:
         """Start from another trained model's EMA weights (the architecture must match, except that a
         patch model may add coordinate input channels to a whole-volume model: they start at zero)."""
-        loaded = ckpt.load_model(model_dir, device=self.device)
+        loaded = load_model(model_dir, device=self.device)
         net = getattr(loaded.network, "unet", loaded.network)  # a patch model's U-Net behind its sliding windows
         try:
             self.net.load_state_dict(widen_inputs(net.state_dict(), self.net.state_dict()), strict=True)
@@ -228,7 +230,7 @@ class Trainer:
                               "val": self.val_data.summary if self.val_data is not None else None},
             **({"data_summary": self.data_summary} if self.data_summary else {}),
         }
-        ckpt.save_model(self.out, ema, self.cfg, meta, raw_state=raw if self.checkpoint_raw else None)
+        save_model(self.out, ema, self.cfg, meta, raw_state=raw if self.checkpoint_raw else None)
         scalars = {"history": self.history, "seed": self.seed, "config": self.cfg.to_dict(),
                    "world_size": self.world, "precision": self.precision}
         if self.scaler is not None:

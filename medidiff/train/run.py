@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..dataset import list_scans, prepare
 from ..model.config import Config
 from ..runtime import resolve_device, set_threads
-from .data import list_scans, prepare
 from .distributed import init_distributed
 from .loop import Trainer, TrainResult
 

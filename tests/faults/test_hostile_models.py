@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from faults.kit import blob, save_nifti, write_dicom_series
 from medidiff.cli import app
-from medidiff.train.checkpoint import CheckpointError, load_model, sha256_file
+from medidiff.model.folder import CheckpointError, sha256_file
+from medidiff.model.store import load_model
 
 runner = CliRunner()
 

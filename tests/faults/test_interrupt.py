@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from faults.kit import ROOT, blob, save_nifti, start_cli, wait_for
 from medidiff.cli import app
 from medidiff.batch.run import score_folder
-from medidiff.train.checkpoint import load_model, read_metadata
+from medidiff.model.store import load_model, read_metadata
 
 runner = CliRunner()
 N_SCANS = 8

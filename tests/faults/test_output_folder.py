@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from faults.kit import blob, save_nifti
 from medidiff.cli import app
-from medidiff.train.checkpoint import save_model
+from medidiff.model.store import save_model
 
 runner = CliRunner()
 FAST = ["--no-progress", "--no-report", "--set", "score.n_draws=1"]
@@ -84,7 +84,7 @@ def test_output_path_with_spaces_and_unicode(tiny_model_dir, src, tmp_path):
 
 def _other_model(tiny_model_dir, tmp_path):
     """Same architecture, different weights: another model hash."""
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     loaded = load_model(tiny_model_dir)
     state = {k: v + 0.001 for k, v in loaded.network.state_dict().items()}

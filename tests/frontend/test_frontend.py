@@ -221,7 +221,8 @@ def test_model_records_its_front_end_and_refuses_one_it_cannot_reproduce(tmp_pat
 
     from medidiff.model.config import load_config
     from medidiff.model.network import build_network
-    from medidiff.train.checkpoint import CheckpointError, load_model, save_model
+    from medidiff.model.folder import CheckpointError
+    from medidiff.model.store import load_model, save_model
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "tiny.yaml", ["preprocess.space=template", "preprocess.intensity=wm_median"])

@@ -77,7 +77,7 @@ def test_front_end_is_bit_for_bit_repeatable():
     by supra-threshold voxels). Whatever the process's ITK default, every run now gives the same bits."""
     import SimpleITK as sitk
 
-    from medidiff.train.checkpoint import read_metadata
+    from medidiff.model.store import read_metadata
     from medidiff.preprocess_config import PreprocessConfig
 
     pcfg = PreprocessConfig.from_dict(read_metadata(ROOT / "models" / "brain_t1_4mm")["config"]["preprocess"])

@@ -13,9 +13,9 @@ from nibabel.processing import resample_from_to
 
 from medidiff.frontend import template_grid_affine
 from medidiff.frontend.template import load_template
-from medidiff.sampling.quality import foreground
-from medidiff.sampling.run import SynthOptions, synthesize_run
-from medidiff.sampling.sampler import SamplerConfig
+from medidiff.synthesis.quality import foreground
+from medidiff.synthesis.run import SynthOptions, synthesize_run
+from medidiff.model.sampler_config import SamplerConfig
 
 GENERATOR = Path(__file__).resolve().parents[2] / "models" / "generator"
 

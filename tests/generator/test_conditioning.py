@@ -18,7 +18,7 @@ from medidiff.generator.config import load_generator_config
 from medidiff.generator.sampler import LatentSampler
 from medidiff.generator.store import build_latent_unet, load_generator
 from medidiff.generator.train import train_generator
-from medidiff.sampling.sampler import SamplerConfig
+from medidiff.model.sampler_config import SamplerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "generator_tiny.yaml"

@@ -14,10 +14,10 @@ import torch
 
 from medidiff.generator.config import load_generator_config
 from medidiff.generator.sampler import LatentSampler
-from medidiff.generator.store import load_generator, model_kind, save_generator, build_autoencoder, build_latent_unet
+from medidiff.generator.store import load_generator, save_generator, build_autoencoder, build_latent_unet
 from medidiff.generator.train import train_generator
-from medidiff.sampling.sampler import SamplerConfig
-from medidiff.train.checkpoint import CheckpointError
+from medidiff.model.sampler_config import SamplerConfig
+from medidiff.model.folder import CheckpointError, model_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "generator_tiny.yaml"
@@ -148,7 +148,7 @@ def test_load_checks_hash_refuses_pickle_and_edited_json(trained, tmp_path):
     shutil.copytree(trained[0], pick)
     torch.save({"x": torch.zeros(2)}, pick / "model.safetensors")
     meta = json.loads((pick / "model.json").read_text())
-    from medidiff.train.checkpoint import sha256_file
+    from medidiff.model.folder import sha256_file
     meta["model_hash"] = sha256_file(pick / "model.safetensors")
     (pick / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="pickle"):
@@ -182,7 +182,7 @@ def template_generator(tmp_path_factory):
 
 def test_synthesize_writes_template_space_samples(template_generator, tmp_path):
     from medidiff.frontend import template_grid_affine
-    from medidiff.sampling.run import SynthOptions, synthesize_run
+    from medidiff.synthesis.run import SynthOptions, synthesize_run
 
     opts = SynthOptions(n=2, sampler=SamplerConfig(steps=3, batch_size=2), dicom=True, with_anomalies=True,
                         anomaly_fraction=0.5)
@@ -206,7 +206,7 @@ def test_synthesize_writes_template_space_samples(template_generator, tmp_path):
 
 
 def test_synthesize_quality_report_has_real_vs_real_references(trained, scans, tmp_path):
-    from medidiff.sampling.run import SynthOptions, synthesize_run
+    from medidiff.synthesis.run import SynthOptions, synthesize_run
 
     opts = SynthOptions(n=3, sampler=SamplerConfig(batch_size=3), reference=scans, train_data=scans)
     summary = synthesize_run(trained[0], tmp_path / "q", opts, device="cpu", progress=False, log=lambda m: None)

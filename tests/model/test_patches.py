@@ -69,7 +69,7 @@ def test_patch_batches_carry_their_coordinates():
 def test_patch_model_trains_loads_as_sliding_window_and_scores(tmp_path):
     from medidiff.score.config import load_score_config
     from medidiff.score.pipeline import Scorer
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
     from medidiff.train.loop import Trainer
 
     cfg = tiny_config("model.patch_size=[8,8,8]", "train.max_steps=4", "train.checkpoint_every=4")
@@ -96,7 +96,7 @@ def test_patch_model_trains_loads_as_sliding_window_and_scores(tmp_path):
 def test_window_overlap_is_refused_for_a_whole_grid_model(tiny_model_dir):
     from medidiff.score.config import ScoreConfig, load_score_config
     from medidiff.score.pipeline import Scorer
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     with pytest.raises(ValueError, match="patch models only"):
         Scorer(load_model(tiny_model_dir), load_score_config(None, ["score.window_overlap=0"]))

@@ -68,8 +68,8 @@ def test_train_on_synthetic_test_on_real(mni_small, tmp_path):
     assert res["auroc_ratio"] == pytest.approx(res["synthetic"]["sample_auroc"] / res["real"]["sample_auroc"])
     assert json.loads((tmp_path / "useful" / "usefulness.json").read_text())["target_ratio"] == 0.9
     # a synthetic folder with inserted anomalies is refused as a healthy training set
-    from medidiff.sampling.run import SynthOptions, synthesize_run
-    from medidiff.sampling.sampler import SamplerConfig
+    from medidiff.synthesis.run import SynthOptions, synthesize_run
+    from medidiff.model.sampler_config import SamplerConfig
 
     bad = tmp_path / "labelled"
     synthesize_run(gen, bad, SynthOptions(n=2, with_anomalies=True, anomaly_fraction=1.0, quality=False,

@@ -30,7 +30,7 @@ def _input_dependent_model(folder: Path) -> Path:
 
     from medidiff.model.config import load_config
     from medidiff.model.network import build_network
-    from medidiff.train.checkpoint import save_model
+    from medidiff.model.store import save_model
 
     torch.manual_seed(1)
     cfg = load_config(ROOT / "configs" / "tiny.yaml")

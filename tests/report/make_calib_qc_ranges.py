@@ -28,7 +28,7 @@ def main() -> None:
     from medidiff.io.discover import discover
     from medidiff.preprocess import preprocess_template
     from medidiff.score.qc_ranges import qc_ranges, voxel_size_max_mm
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     model = ROOT / "models" / "brain_t1_4mm"
     loaded = load_model(model)

@@ -56,7 +56,7 @@ def test_unknown_backend_is_refused():
 def test_missing_openvino_names_the_extra(tiny_model_dir, monkeypatch):
     from medidiff.model.backends import BackendError
     from medidiff.score.reconstruct import Reconstructor
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     with pytest.raises(BackendError, match=r"medidiff\[fast-cpu\]"):
@@ -97,7 +97,7 @@ def cache(tmp_path, monkeypatch):
 def test_openvino_reconstruction_matches_torch_and_is_cached(tiny_model_dir, cache):
     pytest.importorskip("openvino")
     from medidiff.score.reconstruct import Reconstructor
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     before = sorted(p.name for p in tiny_model_dir.iterdir())
     loaded = load_model(tiny_model_dir)
@@ -177,7 +177,7 @@ def test_openvino_bf16_is_close_to_torch_bf16(tiny_model_dir, cache):
     pytest.importorskip("openvino")
     from medidiff.runtime import cpu_bf16_supported
     from medidiff.score.reconstruct import Reconstructor
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     if not cpu_bf16_supported():
         pytest.skip("this CPU has no bf16")
@@ -210,7 +210,7 @@ def test_shipped_2mm_model_maps_agree_with_torch(cache):
     from medidiff.score.calibration import Calibration
     from medidiff.score.config import load_score_config
     from medidiff.score.pipeline import Scorer
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     if not (BRAIN_2MM / "calibration.json").is_file():
         pytest.skip("models/brain_t1_2mm ships no calibration right now (the tolerance is in calibrated z units)")
@@ -244,7 +244,7 @@ def test_gpu_scores_a_scan_like_the_cpu():
     from medidiff.score.config import load_score_config
     from medidiff.score.method import load_method
     from medidiff.score.pipeline import Scorer
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     method = load_method(BRAIN_2MM)
     results = {}

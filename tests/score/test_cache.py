@@ -11,7 +11,7 @@ import pytest
 from medidiff.score.cache import active_cache, first_pass_cache
 from medidiff.score.config import load_score_config
 from medidiff.score.pipeline import Scorer
-from medidiff.train.checkpoint import load_model
+from medidiff.model.store import load_model
 from medidiff.volume import Volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))

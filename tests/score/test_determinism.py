@@ -9,7 +9,7 @@ import torch
 
 from medidiff.score.config import ScoreConfig, load_score_config
 from medidiff.score.reconstruct import Reconstructor
-from medidiff.train.checkpoint import load_model
+from medidiff.model.store import load_model
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -11,7 +11,7 @@ from medidiff.model.noise import make_noise
 from medidiff.score.config import ScoreConfig
 from medidiff.score.maps import NormStats, scan_score
 from medidiff.score.reconstruct import FIRST_PASS, Reconstructor, ddim_timesteps, draw_generator
-from medidiff.train.checkpoint import load_model
+from medidiff.model.store import load_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from train_helpers import synthetic_prepared, tiny_config
-from medidiff.train.checkpoint import CheckpointError, load_model, save_model
+from medidiff.model.folder import CheckpointError
+from medidiff.model.store import load_model, save_model
 from medidiff.train.loop import Trainer
 
 
@@ -69,7 +70,7 @@ def test_pickle_refused_without_executing(tmp_path, run_dir):
     evil.mkdir()
     (evil / "model.safetensors").write_bytes(payload)
     meta = json.loads((run_dir / "model.json").read_text())
-    from medidiff.train.checkpoint import sha256_file
+    from medidiff.model.folder import sha256_file
 
     meta["model_hash"] = sha256_file(evil / "model.safetensors")
     (evil / "model.json").write_text(json.dumps(meta))

@@ -77,7 +77,7 @@ def test_run_training_from_nifti_folder(nifti_dir, tmp_path):
 
 
 def test_manifest_splits_and_labels(nifti_dir, tmp_path):
-    from medidiff.train.data import list_scans
+    from medidiff.dataset import list_scans
 
     man = tmp_path / "m.csv"
     man.write_text("path,split,label\n" + "\n".join(
@@ -131,7 +131,7 @@ def test_kill_between_state_files_keeps_previous_state(tmp_path, monkeypatch):
 def test_warm_start_begins_from_another_models_weights(tmp_path):
     import torch
 
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
     from medidiff.train.loop import Trainer
     from train_helpers import synthetic_prepared, tiny_config
 
@@ -154,7 +154,7 @@ def test_warm_start_begins_from_another_models_weights(tmp_path):
 def test_warm_start_a_patch_model_from_a_whole_volume_model(tmp_path):
     """The coordinate channels a patch model adds start at zero: before any step it denoises a
     patch exactly as the whole-volume model it came from."""
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     cfg = tiny_config("train.max_steps=2")
     first = Trainer(cfg, synthetic_prepared(n=4), None, tmp_path / "a", device="cpu", progress=False)

@@ -5,7 +5,7 @@ import numpy as np
 
 from medidiff.io.nifti import write_nifti
 from medidiff.model.config import load_config
-from medidiff.train.data import PreparedData
+from medidiff.dataset import PreparedData
 from medidiff.volume import Volume
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

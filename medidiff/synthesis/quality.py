@@ -366,7 +366,7 @@ def load_preprocessed(data: str | Path, preprocess_config, limit: int | None = N
                       log: Callable[[str], None] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """Scans in a folder (or CSV manifest, healthy rows only) on the model grid (model units)."""
     from ..preprocess import preprocess
-    from ..train.data import list_scans
+    from ..dataset import list_scans
 
     images, fgs, ids = [], [], []
     sources = list_scans(data)

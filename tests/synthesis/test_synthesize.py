@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medidiff.sampling.run import SynthConflict, SynthOptions, is_anomalous, synthesize_run
-from medidiff.sampling.sampler import SamplerConfig, sampling_timesteps
+from medidiff.synthesis.run import SynthConflict, SynthOptions, is_anomalous, synthesize_run
+from medidiff.model.sampler_config import SamplerConfig, sampling_timesteps
 
 STEPS = 4
 
@@ -84,7 +84,7 @@ def _oracle_loaded(mu, s):
 def test_sampler_matches_gaussian_oracle(sampler):
     """With the exact score of Gaussian data, samples must have the data's mean and std
     (up to step discretisation), and temperature 0.5 must roughly halve the spread."""
-    from medidiff.sampling.sampler import Sampler
+    from medidiff.synthesis.sampler import Sampler
 
     loaded = _oracle_loaded(0.5, 0.2)
     cfg = dict(sampler=sampler, steps=50, clip_x0=(), precision="fp32", batch_size=2)
@@ -95,7 +95,7 @@ def test_sampler_matches_gaussian_oracle(sampler):
 
 
 def test_shapes_affines_manifest_quality(batch_run, tiny_model_dir):
-    from medidiff.train.checkpoint import load_model
+    from medidiff.model.store import load_model
 
     out, summary = batch_run
     loaded = load_model(tiny_model_dir)
@@ -167,8 +167,8 @@ def test_dicom_readable_synthetic_and_consistent(batch_run):
 def test_memorization_flags_exact_copy(tiny_model_dir, scans_dir):
     from medidiff.io.nifti import read_nifti
     from medidiff.preprocess import preprocess
-    from medidiff.sampling.quality import load_preprocessed, memorization
-    from medidiff.train.checkpoint import load_model
+    from medidiff.synthesis.quality import load_preprocessed, memorization
+    from medidiff.model.store import load_model
 
     cfg = load_model(tiny_model_dir).preprocess_config
     train, _, ids = load_preprocessed(scans_dir, cfg)
@@ -199,7 +199,7 @@ def test_rerun_regenerates_only_missing(batch_run, tiny_model_dir):
 
 
 def test_interrupted_run_keeps_completed_samples(tiny_model_dir, tmp_path, monkeypatch):
-    from medidiff.sampling import sampler as sampler_mod
+    from medidiff.synthesis import sampler as sampler_mod
 
     real = sampler_mod.Sampler.sample
     calls = []
@@ -267,7 +267,7 @@ def test_feature_frechet_separates_real_from_noise(mni_small):
     """Real-vs-real is the yardstick: shifted copies of a brain sit near it, noise volumes far above it."""
     from scipy import ndimage
 
-    from medidiff.sampling.quality import foreground, frechet_distance, real_vs_real, volume_features
+    from medidiff.synthesis.quality import foreground, frechet_distance, real_vs_real, volume_features
 
     base = mni_small[0] / mni_small[0].max()
     refs = [ndimage.shift(base, (i % 3 - 1, (i // 3) % 3 - 1, 0), order=1) * (1 + 0.03 * i) for i in range(8)]

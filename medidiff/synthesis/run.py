@@ -52,7 +52,7 @@ import numpy as np
 
 from ..io.atomic import write_text_atomic
 from ..jsonutil import json_default as _json_default
-from .sampler import SamplerConfig
+from ..model.sampler_config import SamplerConfig
 
 PREFIX = "synth"
 SIDE_DIR = "samples"
@@ -335,21 +335,21 @@ def _finish_sample(out: Path, image: np.ndarray, index: int, seed: int, settings
 def open_generator(model: str | Path, device, scfg: SamplerConfig, guidance: float | None = None):
     """(loaded model, sampler, noise kind, model kind) for a pixel-space model folder
     (``medidiff train``) or a latent-diffusion generator folder (``pipelines/train_generator.py``)."""
-    from ..generator.store import KIND, model_kind
+    from ..model.folder import LATENT_KIND, PIXEL_KIND, model_kind
 
-    if model_kind(model) == KIND:
+    if model_kind(model) == LATENT_KIND:
         from ..generator.sampler import LatentSampler
         from ..generator.store import load_generator
 
         loaded = load_generator(model, device)
-        return loaded, LatentSampler(loaded, scfg, guidance), f"latent_{loaded.config.latent.scheduler}", KIND
+        return loaded, LatentSampler(loaded, scfg, guidance), f"latent_{loaded.config.latent.scheduler}", LATENT_KIND
     if guidance is not None:
         raise ValueError("--guidance needs a conditioned latent-diffusion generator")
-    from ..train.checkpoint import load_model
+    from ..model.store import load_model
     from .sampler import Sampler
 
     loaded = load_model(model, device)
-    return loaded, Sampler(loaded, scfg), loaded.config.diffusion.noise, "pixel"
+    return loaded, Sampler(loaded, scfg), loaded.config.diffusion.noise, PIXEL_KIND
 
 
 def grid_affine(pcfg) -> np.ndarray:

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medidiff.sampling.quality import age_trend, atrophy_measures, memorization_vs_real
+from medidiff.synthesis.quality import age_trend, atrophy_measures, memorization_vs_real
 from pipeline_scripts import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_realism_benchmark_end_to_end(cohort_and_generator):
 
 def test_preprocess_cache_keeps_results_and_refusals(mni_small, tmp_path, monkeypatch):
     from medidiff.generator.config import load_generator_config
-    from medidiff.sampling import cache as cache_mod
+    from medidiff.train import scan_cache as cache_mod
 
     data, affine = mni_small
     nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "head.nii.gz"))

@@ -31,16 +31,16 @@ def preprocess_cached(path: str | Path, pcfg, cache_dir: str | Path | None,
                       log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image, foreground) of one scan (file or DICOM folder) on ``pcfg``'s grid, model units."""
     from ..preprocess import preprocess
-    from ..train.data import list_scans
+    from ..dataset import list_scans
 
     path = Path(path)
     cpath = Path(cache_dir) / f"{_key(path, pcfg)}.safetensors" if cache_dir is not None else None
     if cpath is not None and cpath.is_file():
         from safetensors.torch import load_file
 
-        from ..train.checkpoint import _refuse_pickle
+        from ..model.folder import refuse_pickle
 
-        _refuse_pickle(cpath)
+        refuse_pickle(cpath)
         t = load_file(str(cpath))
         return t["image"].numpy(), t["foreground"].numpy().astype(bool)
     failed = cpath.with_suffix(".failed.json") if cpath is not None else None
@@ -65,7 +65,7 @@ def preprocess_cached(path: str | Path, pcfg, cache_dir: str | Path | None,
         import torch
         from safetensors.torch import save_file
 
-        from ..train.checkpoint import atomic_path
+        from ..io.atomic import atomic_path
 
         cpath.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cpath) as tmp:
