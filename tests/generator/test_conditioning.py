@@ -4,7 +4,6 @@ patch-adversarial autoencoder term: on a 16³ tiny generator trained for a few s
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -101,11 +100,9 @@ def test_widened_unet_starts_exactly_where_the_unconditional_one_stood():
 
 
 def test_conditioning_changes_samples_deterministically_per_seed(conditioned):
-    t0 = time.perf_counter()
     g = load_generator(conditioned)
     s = LatentSampler(g, SamplerConfig(precision="fp32"))
     old_f = s.sample([5, 6], conditions={"age": 80, "sex": "F"})
-    assert time.perf_counter() - t0 < 30  # loads and samples on CPU in seconds (generous for a busy machine)
     again = s.sample([5, 6], conditions={"age": 80, "sex": "F"})
     young_m = s.sample([5, 6], conditions={"age": 25, "sex": "M"})
     uncond = s.sample([5, 6])

@@ -58,7 +58,6 @@ def test_time_budget_stops_and_saves(tmp_path):
     res = Trainer(cfg, synthetic_prepared(2), None, tmp_path / "run", device="cpu", progress=False).run(max_minutes=0.03)
     assert res.stopped == "time_budget"
     assert 0 < res.steps < 100000
-    assert res.seconds < 15
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "train_state.json").is_file()
 
