@@ -13,7 +13,7 @@ and measures, inside each head's brain:
 
 Differences to the first arm are paired by subject with a bootstrap 95 % CI over subjects.
 
-    python pipelines/benchmark_synthesis_autoencoder.py --cohort COHORT --init-from models/generator \\
+    python pipelines/benchmark_synthesis_autoencoder.py --cohort COHORT --init-from GENERATOR \\
         --steps 150 --adv-weights 0,0.05 --out runs/generator_ae_ab --threads 1
 """
 

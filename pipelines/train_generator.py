@@ -7,9 +7,11 @@
     python pipelines/train_generator.py --measure 5
     # then: medidiff synthesize --model runs/generator --n 16 --out synth --reference ... --train-data ...
     # the real cohort's train role (configs/real_cohort_split.csv), conditioned on age and sex,
-    # warm-started from the bundled generator (configs/generator_real.yaml)
+    # warm-started from a generator folder (configs/generator_real.yaml). The shipped models/generator
+    # was started from the previous, template-trained generator; --init-from models/generator now
+    # continues from the real-cohort one
     python pipelines/train_generator.py --config configs/generator_real.yaml --cohort COHORT_DIR \
-        --init-from models/generator --out runs/generator_real --max-minutes 45 --threads 1 [--resume]
+        --init-from GENERATOR --out runs/generator_real --max-minutes 45 --threads 1 [--resume]
 
 Training scans: the healthy ``train`` split of ``sample_data/labels.csv`` (``--data``/``--splits``),
 preprocessed once by the front end into template space and cached in the run folder. The
