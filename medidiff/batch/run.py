@@ -14,6 +14,7 @@ from ..score.result import ScanRecord
 from ..version import __version__
 from .job import ScanJob
 from .output import RunSummary, finish_run, prepare_out, write_run_info
+from .prefetch import prefetch_cache, prefetching
 from .scorer import calibration_fingerprint, calibration_for_run, load_scorer
 
 
@@ -57,15 +58,22 @@ def _progress(enabled: bool, total: int, label: str):
         yield lambda current: bar.update(task, advance=1, current=current)
 
 
-def run_jobs(job: ScanJob, todo, summary: RunSummary, progress: bool = True, label: str = "scoring") -> None:
-    """Score ``todo`` one by one with a progress bar; fills ``summary``."""
+def run_jobs(job: ScanJob, todo, summary: RunSummary, progress: bool = True, label: str = "scoring",
+             warm: Callable[[Any], Any] | None = None) -> None:
+    """Score ``todo`` one by one with a progress bar; fills ``summary``. With ``warm`` (a scorer's
+    front end), the next scan is read and warmed on a background thread while one is scored."""
     with _progress(progress, len(todo), label) as advance:
+        pending = []
         for ref in todo:
             if job.is_complete(ref):
                 summary.n_skipped_complete += 1
+                advance(ref.scan_id)
             else:
+                pending.append(ref)
+        with prefetch_cache() if warm is not None else contextlib.nullcontext():
+            for ref in prefetching(pending, warm) if warm is not None else pending:
                 count_record(summary, job.run(ref))
-            advance(ref.scan_id)
+                advance(ref.scan_id)
 
 
 def discover_todo(input_path, out: Path, shard: str | None, limit: int | None, log: Callable[[str], None]):
@@ -90,9 +98,11 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
                  write_reconstruction: bool = False, dicom_outputs: bool = True, device: str = "auto",
                  progress: bool = True, log: Callable[[str], None] = print,
                  cluster: str | None = None, use_mismatched_calibration: bool = False,
-                 full_source_paths: bool = False) -> RunSummary:
+                 full_source_paths: bool = False, prefetch: bool | None = None) -> RunSummary:
     """Score every scan under ``input_path`` into ``out_dir``; with ``cluster`` (``local[:N]``,
-    a scheduler address or scheduler file) Dask workers score the scans, see :mod:`.cluster`."""
+    a scheduler address or scheduler file) Dask workers score the scans, see :mod:`.cluster`.
+    ``prefetch`` (default: on a GPU only) reads the next scan and runs its front end while the
+    network works on the current one (:mod:`.prefetch`)."""
     import time
 
     from ..runtime import set_threads
@@ -136,7 +146,11 @@ def score_folder(model_dir: str | Path, input_path: str | Path, out_dir: str | P
                   score_one=lambda v: scorer.score_volume(v, with_reconstruction=write_reconstruction))
     extra: dict[str, Any] = {}
     if cluster_spec is None:
-        run_jobs(job, todo, summary, progress)
+        if prefetch is None:
+            prefetch = scorer.reconstructor.device.type == "cuda"
+        if prefetch:
+            log("reading ahead: the next scan's front end runs while the network scores this one")
+        run_jobs(job, todo, summary, progress, warm=scorer.warm_front_end if prefetch else None)
     else:
         # workers compute on the client's device kind and precision, and apply the calibration as it does
         extra["cluster"] = _run_on_cluster(cluster_spec, job, todo, summary, progress,

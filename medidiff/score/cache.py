@@ -17,7 +17,7 @@ scan once for every method. Off by default, so normal scoring never keeps scans 
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
@@ -27,8 +27,12 @@ _ACTIVE: ContextVar["FirstPassCache | None"] = ContextVar("medidiff_first_pass_c
 
 
 class FirstPassCache:
-    def __init__(self) -> None:
+    """Front ends and reconstructions by key; with ``max_items`` the oldest are dropped first
+    (a prefetching batch keeps only the scans in flight)."""
+
+    def __init__(self, max_items: int | None = None) -> None:
         self._items: dict[str, Any] = {}
+        self.max_items = max_items
         self.hits = 0
         self.misses = 0
 
@@ -39,6 +43,8 @@ class FirstPassCache:
             return self._items[key]
         self.misses += 1
         value = self._items[key] = compute()
+        while self.max_items is not None and len(self._items) > self.max_items:
+            self._items.pop(next(iter(self._items)))  # dicts keep insertion order: the oldest first
         return value
 
     def __len__(self) -> int:
@@ -50,14 +56,15 @@ def active_cache() -> FirstPassCache | None:
 
 
 @contextmanager
-def first_pass_cache(cache: FirstPassCache | None = None) -> Iterator[FirstPassCache]:
-    """Reuse first passes inside this block (a fresh cache unless one is given)."""
+def first_pass_cache(cache: FirstPassCache | None = None, share_front_ends: bool = True) -> Iterator[FirstPassCache]:
+    """Reuse first passes inside this block (a fresh cache unless one is given); with
+    ``share_front_ends`` also the front end's own memo, across models and grids."""
     from ..frontend.run import frontend_memo
 
     cache = cache if cache is not None else FirstPassCache()
     token = _ACTIVE.set(cache)
     try:
-        with frontend_memo():  # front ends shared across models/grids too (bounded in bytes)
+        with frontend_memo() if share_front_ends else nullcontext():  # bounded in bytes
             yield cache
     finally:
         _ACTIVE.reset(token)

@@ -75,6 +75,11 @@ class Scorer:
         raw = raw_map(pre.image, recs[0].mean, region, self.cfg, self.spacing)
         return ModelGridMap(pre=pre, raw=raw, region=region, n_evals=n_evals, recon=recs[0].mean)
 
+    def warm_front_end(self, volume: Volume) -> None:
+        """Run the front end of ``volume`` into the active first-pass cache, where scoring it will
+        find it (a batch on a GPU reads the next scan ahead, :mod:`medidiff.batch.prefetch`)."""
+        preprocessed(volume, self.pcfg)
+
     def _reconstructions(self, volume: Volume, seed: int | None):
         """Front end + reconstruction(s); inside ``first_pass_cache()`` (settings searches) both
         are reused for a scan already seen with the settings that produce them."""
