@@ -261,8 +261,9 @@ def val_ap(model: str, data: str, rows: list[tuple[str, str, list[str]]], calib_
     """Voxel AP on val for each (settings, backend) row, every row calibrated on the same first ``calib_n``
     healthy calib scans with its own settings (so a variant's own healthy spread is used), scored on the
     same ``val_n`` val scans (lesioned first, then healthy, in labels.csv order). AP pools the source-grid
-    voxels inside each scan's nonzero region; 95% CIs and paired differences to the first row bootstrap
-    scans. The front end runs once per scan for all rows (medidiff.frontend's memo)."""
+    voxels inside each scan's nonzero region; 95% CIs bootstrap subjects (labels.csv ``subject``, else
+    scans). Differences are paired: the first row's backend against the first row, a variant against the
+    first row of its backend. The front end runs once per scan for all rows (medidiff.frontend's memo)."""
     import csv
 
     import numpy as np
@@ -325,17 +326,22 @@ def val_ap(model: str, data: str, rows: list[tuple[str, str, list[str]]], calib_
     def ap(counts, idx):
         return M.ap_from_counts(sum(counts[i][0] for i in idx), sum(counts[i][1] for i in idx))
 
-    groups = [r["scan_id"] for r in val]
-    L = [f"Val voxel AP ({len(val)} val scans, {sum(r['label'] == '1' for r in val)} lesioned; each row "
-         f"calibrated on the same {len(calib)} healthy calib scans; 95% CIs bootstrap scans):", "",
-         "| settings | backend | val voxel AP [95% CI] | difference to the first row [95% paired CI] | "
+    groups = [r.get("subject") or r["scan_id"] for r in val]
+    L = [f"Val voxel AP ({len(val)} val scans of {len(set(groups))} subjects, {sum(r['label'] == '1' for r in val)} "
+         f"lesioned; each row calibrated on the same {len(calib)} healthy calib scans; 95% CIs bootstrap subjects):",
+         "", "| settings | backend | val voxel AP [95% CI] | difference [95% paired CI] | "
          "s/scan (network + post, front end memoised) |", "|---|---|---|---|---|"]
-    base = results[0][2]
+    first_of = {}
+    for name, be, counts in results:
+        first_of.setdefault(be, counts)
     for (name, be, counts), sec in zip(results, times):
+        base = results[0][2] if counts is first_of[be] else first_of[be]
         everything = np.arange(len(val))
         lo, hi = M.group_bootstrap_ci(lambda i, c=counts: ap(c, i), groups, n_boot)
         d = M.group_bootstrap_diff(lambda i, c=counts: ap(c, i), lambda i: ap(base, i), groups, n_boot)
-        diff = "–" if counts is base else f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+        against = f" vs {results[0][0]} / {results[0][1]}" if base is results[0][2] else f" vs {rows[0][0]} / {be}"
+        diff = ("–" if counts is base else
+                f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]{against}")
         L.append(f"| {name} | {be} | {ap(counts, everything):.3f} [{lo:.3f}, {hi:.3f}] | {diff} | {sec:.1f} |")
     return "\n".join(L)
 
@@ -470,7 +476,9 @@ def main(argv=None) -> None:
     configs += [parse_variant(v) for v in a.variants]
     if a.val_ap:
         print(f"machine: {machine()}; model {a.model}")
-        print(val_ap(a.model, a.val_ap, [(n, b, ov) for n, ov in configs for b in backends], a.calib_n, a.val_n))
+        # the default settings on every backend; each variant on the last backend (the one being chosen)
+        rows = [(configs[0][0], b, configs[0][1]) for b in backends] + [(n, backends[-1], ov) for n, ov in configs[1:]]
+        print(val_ap(a.model, a.val_ap, rows, a.calib_n, a.val_n))
         return
     rows = []
     for name, ov in configs:
