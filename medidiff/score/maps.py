@@ -43,6 +43,28 @@ def smooth(res: np.ndarray, cfg: ScoreConfig, spacing_mm: np.ndarray) -> np.ndar
     return res
 
 
+def median_inside(res: np.ndarray, size: int, mask: np.ndarray) -> np.ndarray:
+    """``ndimage.median_filter(res, size, mode="nearest")`` at the ``mask`` voxels, 0 elsewhere.
+
+    The same numbers as filtering the whole grid (a median is one of its window's values, whatever
+    the algorithm), computed only where the map is kept: at 2 mm the scoring mask is about a third
+    of the grid, and scipy's rank filter was the slowest step of the post-processing."""
+    out = np.zeros(res.shape, dtype=res.dtype)
+    idx = np.nonzero(mask)
+    if idx[0].size == 0:
+        return out
+    lo = size // 2
+    padded = np.pad(res, [(lo, size - 1 - lo)] * res.ndim, mode="edge")  # scipy's "nearest"
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (size,) * res.ndim)
+    rank = size ** res.ndim // 2  # scipy's median_filter: rank filter at size // 2
+    step = 1 << 16  # voxels per chunk: 32 MB of windows at size 5
+    for start in range(0, idx[0].size, step):
+        sel = tuple(i[start:start + step] for i in idx)
+        chunk = windows[sel].reshape(len(sel[0]), -1)
+        out[sel] = np.partition(chunk, rank, axis=1)[:, rank]
+    return out
+
+
 def scoring_mask(foreground: np.ndarray, cfg: ScoreConfig, spacing_mm: np.ndarray) -> np.ndarray:
     """Eroded foreground: voxels near the brain/body border are dominated by
     reconstruction noise at the intensity edge, not by anomalies."""
@@ -70,6 +92,9 @@ def raw_map(image: np.ndarray, recon: np.ndarray, fg_mask: np.ndarray, cfg: Scor
     if cfg.structural_weight > 0:
         sigma = cfg.ssim_sigma_mm / np.asarray(spacing_mm, dtype=np.float64) / 2.355  # FWHM → sigma
         res = res + cfg.structural_weight * structural_dissimilarity(image, recon, sigma)
+    size = max(1, int(round(cfg.smoothing_size)))
+    if cfg.smoothing == "median" and size > 1:
+        return median_inside(res, size, fg_mask).astype(np.float32)
     out = smooth(res, cfg, spacing_mm)
     return np.where(fg_mask, out, 0.0).astype(np.float32)
 
