@@ -279,6 +279,7 @@ def val_ap(model: str, data: str, rows: list[tuple[str, str, list[str]]], calib_
     from medidiff.score.method import load_method
     from medidiff.score.pipeline import Scorer
     from medidiff.io.discover import discover
+    from medidiff.io.errors import ScanError
     from medidiff.model.store import load_model
 
     set_threads()
@@ -290,7 +291,7 @@ def val_ap(model: str, data: str, rows: list[tuple[str, str, list[str]]], calib_
     loaded = load_model(model)
     shipped = Calibration.load(model, loaded.model_hash)
     method = load_method(model)
-    results, times = [], []
+    results, times, refused = [], [], {}
     with frontend_memo():
         vols = {r["scan_id"]: discover(root / r["path"]).scans[0].load() for r in calib + val}
         for name, be, overrides in rows:
@@ -310,24 +311,34 @@ def val_ap(model: str, data: str, rows: list[tuple[str, str, list[str]]], calib_
             vals, truths, secs = [], [], []
             for r in val:
                 vol = vols[r["scan_id"]]
-                res = scorer.score_volume(vol)
+                try:
+                    res = scorer.score_volume(vol)
+                except ScanError as exc:  # e.g. refused by registration QC: left out of every row
+                    refused.setdefault(r["scan_id"], str(exc).splitlines()[0])
+                    vals.append(None)
+                    truths.append(None)
+                    continue
                 secs.append(res.seconds)
                 region = np.asarray(vol.array) != 0
                 gt = read_nifti(root / r["mask_path"]).array > 0.5 if r["mask_path"] else np.zeros_like(region)
                 vals.append(res.anomaly_map[region])
                 truths.append(gt[region])
-            edges = M.quantile_edges(vals)
-            counts = [M.binned_counts(v, t, edges) for v, t in zip(vals, truths)]
+            scored = [v for v in vals if v is not None]
+            edges = M.quantile_edges(scored)
+            counts = [None if v is None else M.binned_counts(v, t, edges) for v, t in zip(vals, truths)]
             results.append((name, be, counts))
             times.append(float(np.median(secs)))
-            print(f"  val AP {name} / {be}: {M.ap_from_counts(*map(sum, zip(*counts))):.3f}", file=sys.stderr,
-                  flush=True)
+            print(f"  val AP {name} / {be}: {M.ap_from_counts(*map(sum, zip(*[c for c in counts if c]))):.3f}",
+                  file=sys.stderr, flush=True)
 
     def ap(counts, idx):
         return M.ap_from_counts(sum(counts[i][0] for i in idx), sum(counts[i][1] for i in idx))
 
+    keep = [i for i in range(len(val)) if all(c[i] is not None for _, _, c in results)]
+    results = [(n, b, [c[i] for i in keep]) for n, b, c in results]
+    val = [val[i] for i in keep]
     groups = [r.get("subject") or r["scan_id"] for r in val]
-    L = [f"Val voxel AP ({len(val)} val scans of {len(set(groups))} subjects, {sum(r['label'] == '1' for r in val)} "
+    L = [f"Left out of every row: {k}: {why}" for k, why in refused.items()] + [f"Val voxel AP ({len(val)} val scans of {len(set(groups))} subjects, {sum(r['label'] == '1' for r in val)} "
          f"lesioned; each row calibrated on the same {len(calib)} healthy calib scans; 95% CIs bootstrap subjects):",
          "", "| settings | backend | val voxel AP [95% CI] | difference [95% paired CI] | "
          "s/scan (network + post, front end memoised) |", "|---|---|---|---|---|"]
