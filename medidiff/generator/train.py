@@ -494,29 +494,9 @@ def _init_states(init_from: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
             {k: v.clone() for k, v in loaded.unet.state_dict().items()}, loaded.model_hash)
 
 
-def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, splits: Sequence[str] | None = None,
-                    resume: bool = False, max_minutes: float | None = None, max_new_steps: int | None = None,
-                    device: str = "cpu", log_fn: Callable[[str], None] = print,
-                    conditions: dict[str, dict[str, Any]] | None = None,
-                    init_from: str | Path | None = None, scan_cache: str | Path | None = None) -> dict[str, Any]:
-    """Stage 1 until its max_steps, then stage 2, within ``max_minutes`` of wall clock and
-    ``max_new_steps`` steps of both stages together (None: no limit). Without ``resume`` the run
-    folder must not hold a started run. ``conditions``: scan id -> ``{"age", "sex"}`` for a
-    conditioned generator; ``init_from``: a generator folder both networks start from."""
-    from ..runtime import resolve_device
-    from .conditioning import condition_batch, load_widened
-
-    run_dir = Path(out)
-    dev = resolve_device(device)
-    if not resume and any(_stage_done(run_dir, s) for s in STAGES):
-        raise ValueError(f"{run_dir} already holds a generator run; pass --resume to continue it or use another --out")
-    deadline = time.monotonic() + 60.0 * float(max_minutes) if max_minutes else None
-    data_ = load_training_data(data, cfg, run_dir, splits, log_fn, scan_cache)
-    conds = scan_conditions(cfg, data_.scan_ids, conditions)
-    init = _init_states(init_from) if init_from else None
-    base = {"preprocess": cfg.to_dict()["preprocess"], "scan_ids": data_.scan_ids,
-            **({"init_from": init[2]} if init else {})}
-
+def _autoencoder_stage(cfg: GeneratorConfig, data: PreparedData, run_dir: Path, base: dict[str, Any],
+                       init: tuple | None, init_from: str | Path | None, dev) -> Stage:
+    """Stage 1 (autoencoder, plus its discriminator when adversarial), seeded, optionally from ``init``."""
     torch.manual_seed(cfg.train_autoencoder.seed)
     ae_net = build_autoencoder(cfg.autoencoder)
     if init:
@@ -529,9 +509,82 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
     disc = Discriminator(sa, dev) if sa.adv_weight > 0 else None
     ae_stage = Stage("autoencoder", ae_net, sa, run_dir / "autoencoder",
                      {**base, "autoencoder": cfg.to_dict()["autoencoder"], "train": cfg.to_dict()["train_autoencoder"]},
-                     autoencoder_loss(data_, sa, disc), dev)
+                     autoencoder_loss(data, sa, disc), dev)
     if disc is not None:
         ae_stage.extras.append(disc)
+    return ae_stage
+
+
+def _autoencoder_hash(run_dir: Path) -> str:
+    """Hash of the autoencoder's saved state: the latent stage and its cached latents are tied to it."""
+    return sha256_file(run_dir / "autoencoder" / json.loads(
+        (run_dir / "autoencoder" / ckpt.STATE_META_FILE).read_text())["state_file"])
+
+
+def _latent_stage(cfg: GeneratorConfig, run_dir: Path, base: dict[str, Any], latents: torch.Tensor, scale: float,
+                  ae_hash: str, conds: list[dict[str, Any]] | None, init: tuple | None,
+                  init_from: str | Path | None, dev, log_fn: Callable[[str], None]) -> Stage:
+    """Stage 2 (latent U-Net), seeded, optionally from ``init`` (widened for condition channels)."""
+    from .conditioning import condition_batch, load_widened
+
+    torch.manual_seed(cfg.train_latent.seed)
+    unet = build_latent_unet(cfg.latent, cfg.autoencoder.latent_channels)
+    if init:
+        try:
+            widened = load_widened(unet, init[1])
+        except RuntimeError as exc:
+            raise ValueError(f"--init-from {init_from}: its latent U-Net does not fit latent.* of this config "
+                             f"({str(exc)[:200]})") from exc
+        if widened:
+            log_fn(f"latent: condition channels added to {', '.join(widened)} (zero-initialised)")
+    per_copy = 1 + int(cfg.train_latent.augment_copies)
+    cond_t = None
+    if conds is not None:  # latents are ordered scan-major: latent k comes from scan k // per_copy
+        cond_t = condition_batch([conds[k // per_copy] for k in range(len(latents))], cfg.latent)
+    return Stage("latent", unet, cfg.train_latent, run_dir / "latent",
+                 {**base, "latent": cfg.to_dict()["latent"], "train": cfg.to_dict()["train_latent"],
+                  "autoencoder_state": ae_hash, "scale_factor": scale,
+                  **({"conditions": conds} if conds is not None else {})},
+                 latent_loss(latents, cfg, cond_t), dev)
+
+
+def _generator_meta(ae_stage: Stage, lat_stage: Stage, n_latents: int, data: PreparedData,
+                    conds: list[dict[str, Any]] | None, init: tuple | None,
+                    init_from: str | Path | None) -> dict[str, Any]:
+    """What model.json records about training: cost, loss curves, data, conditioning, origin."""
+    return {"training": {"autoencoder": _brief(ae_stage.summary()), "latent": _brief(lat_stage.summary()),
+                         "cpu_seconds_total": round(ae_stage.cpu_seconds + lat_stage.cpu_seconds, 1),
+                         "wall_seconds_total": round(ae_stage.wall_seconds + lat_stage.wall_seconds, 1),
+                         "n_latents": int(n_latents)},
+            "training_data": {**data.summary, "scan_ids": data.scan_ids},
+            "conditioning": conditioning_summary(conds),
+            **({"init_from": {"path": str(init_from), "model_hash": init[2]}} if init else {}),
+            "steps": lat_stage.step}
+
+
+def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, splits: Sequence[str] | None = None,
+                    resume: bool = False, max_minutes: float | None = None, max_new_steps: int | None = None,
+                    device: str = "cpu", log_fn: Callable[[str], None] = print,
+                    conditions: dict[str, dict[str, Any]] | None = None,
+                    init_from: str | Path | None = None, scan_cache: str | Path | None = None) -> dict[str, Any]:
+    """Stage 1 until its max_steps, then stage 2, within ``max_minutes`` of wall clock and
+    ``max_new_steps`` steps of both stages together (None: no limit). Without ``resume`` the run
+    folder must not hold a started run. ``conditions``: scan id -> ``{"age", "sex"}`` for a
+    conditioned generator; ``init_from``: a generator folder both networks start from."""
+    from ..runtime import resolve_device
+
+    run_dir = Path(out)
+    dev = resolve_device(device)
+    if not resume and any(_stage_done(run_dir, s) for s in STAGES):
+        raise ValueError(f"{run_dir} already holds a generator run; pass --resume to continue it or use another --out")
+    deadline = time.monotonic() + 60.0 * float(max_minutes) if max_minutes else None
+    data_ = load_training_data(data, cfg, run_dir, splits, log_fn, scan_cache)
+    conds = scan_conditions(cfg, data_.scan_ids, conditions)
+    init = _init_states(init_from) if init_from else None
+    base = {"preprocess": cfg.to_dict()["preprocess"], "scan_ids": data_.scan_ids,
+            **({"init_from": init[2]} if init else {})}
+
+    ae_stage = _autoencoder_stage(cfg, data_, run_dir, base, init, init_from, dev)
     if resume and ae_stage.resume():
         log_fn(f"autoencoder: resumed at step {ae_stage.step}")
     report: dict[str, Any] = {"run_dir": str(run_dir), "stopped": None}
@@ -548,41 +601,15 @@ def train_generator(cfg: GeneratorConfig, data: str | Path, out: str | Path, *, 
         return report
 
     ae_state = {k: v.detach().cpu() for k, v in ae_stage.ema.state_dict().items()}
-    ae_hash = sha256_file(run_dir / "autoencoder" / json.loads(
-        (run_dir / "autoencoder" / ckpt.STATE_META_FILE).read_text())["state_file"])
+    ae_hash = _autoencoder_hash(run_dir)
     latents, scale = encode_training_set(ae_stage.ema, data_, cfg, run_dir / "latent", ae_hash, log_fn)
-    torch.manual_seed(cfg.train_latent.seed)
-    unet = build_latent_unet(cfg.latent, cfg.autoencoder.latent_channels)
-    if init:
-        try:
-            widened = load_widened(unet, init[1])
-        except RuntimeError as exc:
-            raise ValueError(f"--init-from {init_from}: its latent U-Net does not fit latent.* of this config "
-                             f"({str(exc)[:200]})") from exc
-        if widened:
-            log_fn(f"latent: condition channels added to {', '.join(widened)} (zero-initialised)")
-    per_copy = 1 + int(cfg.train_latent.augment_copies)
-    cond_t = None
-    if conds is not None:  # latents are ordered scan-major: latent k comes from scan k // per_copy
-        cond_t = condition_batch([conds[k // per_copy] for k in range(len(latents))], cfg.latent)
-    lat_stage = Stage("latent", unet, cfg.train_latent, run_dir / "latent",
-                      {**base, "latent": cfg.to_dict()["latent"], "train": cfg.to_dict()["train_latent"],
-                       "autoencoder_state": ae_hash, "scale_factor": scale,
-                       **({"conditions": conds} if conds is not None else {})},
-                      latent_loss(latents, cfg, cond_t), dev)
+    lat_stage = _latent_stage(cfg, run_dir, base, latents, scale, ae_hash, conds, init, init_from, dev, log_fn)
     if resume and lat_stage.resume():
         log_fn(f"latent: resumed at step {lat_stage.step}")
 
     def export(stage: Stage) -> None:
         unet_state = {k: v.detach().cpu() for k, v in stage.ema.state_dict().items()}
-        meta = {"training": {"autoencoder": _brief(ae_stage.summary()), "latent": _brief(stage.summary()),
-                             "cpu_seconds_total": round(ae_stage.cpu_seconds + stage.cpu_seconds, 1),
-                             "wall_seconds_total": round(ae_stage.wall_seconds + stage.wall_seconds, 1),
-                             "n_latents": int(len(latents))},
-                "training_data": {**data_.summary, "scan_ids": data_.scan_ids},
-                "conditioning": conditioning_summary(conds),
-                **({"init_from": {"path": str(init_from), "model_hash": init[2]}} if init else {}),
-                "steps": stage.step}
+        meta = _generator_meta(ae_stage, stage, len(latents), data_, conds, init, init_from)
         save_generator(run_dir, cfg, ae_state, unet_state, scale, meta)
         _plot(run_dir, ae_stage, stage)
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -80,6 +82,189 @@ def _geometry(affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return a, row_dir, col_dir, dr, dc, normal
 
 
+def _check_options(modality: str, compression: str | None, file_names: str) -> str:
+    """Refuse unknown options before anything is written; returns the modality upper-cased."""
+    modality = modality.upper()
+    if modality not in _SOP_CLASS:
+        raise ValueError(f"modality must be one of {sorted(_SOP_CLASS)}, got {modality!r}")
+    if compression not in (None, "rle"):
+        raise ValueError("compression must be None or 'rle'")
+    if file_names not in ("sequential", "random"):
+        raise ValueError("file_names must be 'sequential' or 'random'")
+    return modality
+
+
+def _uid_maker(rng: np.random.Generator | None) -> Callable[[], str]:
+    """Fresh random UIDs, or UIDs drawn from ``rng`` so a seeded export is reproducible."""
+    def uid() -> str:
+        if rng is None:
+            return generate_uid()
+        return generate_uid(entropy_srcs=[str(int(rng.integers(0, 2**63)))])
+
+    return uid
+
+
+def _stored_int16(data: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(slope, intercept, int16 pixel values) such that value = stored * slope + intercept."""
+    slope, intercept = rescale_for(data)
+    stored = np.round((np.nan_to_num(data) - intercept) / slope)
+    return slope, intercept, np.clip(stored, -32768, 32767).astype(np.int16)
+
+
+def _date_time(rng: np.random.Generator | None) -> tuple[str, str]:
+    """Now, or a fixed date and time when seeded (reproducible bytes)."""
+    if rng is None:
+        now = _dt.datetime.now()
+        return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    return _FIXED_DATE, _FIXED_TIME
+
+
+def _image_type(derived: bool, series_description: str) -> tuple[list[str], str]:
+    """ImageType and a series description that says "synthetic" for derived images."""
+    if derived:
+        if "synthetic" not in series_description.lower():
+            series_description = f"{series_description} (synthetic)"
+        return ["DERIVED", "SECONDARY", "OTHER"], series_description
+    return ["ORIGINAL", "PRIMARY", "OTHER"], series_description
+
+
+def _slice_file_names(file_names: str, n_slices: int, rng: np.random.Generator | None) -> list[str]:
+    """``IM0001`` ... or distinct random 8-digit hex names (as PACS exports often look)."""
+    if file_names != "random":
+        return [f"IM{k + 1:04d}" for k in range(n_slices)]
+    name_rng = rng if rng is not None else np.random.default_rng()
+    # A list, not a set: set order depends on the per-process string hash seed.
+    name_list: list[str] = []
+    while len(name_list) < n_slices:
+        name = "".join(name_rng.choice(list("0123456789ABCDEF"), size=8))
+        if name not in name_list:
+            name_list.append(name)
+    return name_list
+
+
+@dataclass(frozen=True)
+class _Series:
+    """What every slice file of one series shares."""
+
+    modality: str
+    sop_class: str
+    image_type: list[str]
+    date: str
+    time: str
+    series_description: str
+    patient_name: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    frame_uid: str
+    series_number: int
+    a_lps: np.ndarray
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    row_spacing: float
+    col_spacing: float
+    normal: np.ndarray
+    slice_gap: float
+    rows: int
+    columns: int
+    slope: float
+    intercept: float
+    window_lo: float
+    window_hi: float
+
+
+def _file_meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return meta
+
+
+def _set_identity(ds: Dataset, s: _Series, sop_uid: str, k: int) -> None:
+    """SOP, dates, patient (anonymised), study and series attributes of slice ``k``."""
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = s.image_type
+    ds.SOPClassUID = s.sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = s.date
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = s.time
+    ds.AccessionNumber = ""
+    ds.Modality = s.modality
+    ds.Manufacturer = "medidiff"
+    ds.ReferringPhysicianName = ""
+    ds.SeriesDescription = s.series_description[:64]
+    ds.PatientName = s.patient_name
+    ds.PatientID = s.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.BurnedInAnnotation = "NO"
+    ds.StudyInstanceUID = s.study_uid
+    ds.SeriesInstanceUID = s.series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = s.series_number
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = k + 1
+
+
+def _set_geometry(ds: Dataset, s: _Series, k: int) -> None:
+    """Frame of reference, position and orientation of slice ``k`` (see the module docstring)."""
+    ipp = s.a_lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + s.a_lps[:3, 3]
+    ds.FrameOfReferenceUID = s.frame_uid
+    ds.PositionReferenceIndicator = ""
+    ds.ImagePositionPatient = [_ds(v) for v in ipp]
+    ds.ImageOrientationPatient = [_ds(v) for v in (*s.row_dir, *s.col_dir)]
+    ds.SliceLocation = _ds(float(np.dot(s.normal, ipp)))
+    ds.PixelSpacing = [_ds(s.row_spacing), _ds(s.col_spacing)]
+    ds.SliceThickness = _ds(s.slice_gap)
+    ds.SpacingBetweenSlices = _ds(s.slice_gap)
+
+
+def _set_pixel_module(ds: Dataset, s: _Series, pixels: np.ndarray) -> None:
+    """Image pixel attributes, rescale, display window and the int16 pixel data of one slice."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = s.rows
+    ds.Columns = s.columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = _ds(s.intercept)
+    ds.RescaleSlope = _ds(s.slope)
+    ds.WindowCenter = _ds((s.window_lo + s.window_hi) / 2)
+    ds.WindowWidth = _ds(max(s.window_hi - s.window_lo, 1e-3))
+    _set_modality_fields(ds, s.modality)
+    ds.PixelData = np.ascontiguousarray(pixels.T).astype("<i2").tobytes()
+
+
+def _set_modality_fields(ds: Dataset, modality: str) -> None:
+    """Type-2 attributes the MR or CT Image module requires (empty: no real acquisition)."""
+    if modality == "MR":
+        ds.ScanningSequence = "RM"  # research mode: no real acquisition behind it
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "3D"
+        ds.EchoTime = ""
+        ds.RepetitionTime = ""
+        ds.EchoTrainLength = ""
+    else:
+        ds.RescaleType = "HU"
+        ds.KVP = ""
+
+
+def _slice_dataset(s: _Series, sop_uid: str, k: int, pixels: np.ndarray) -> Dataset:
+    """The complete dataset of slice ``k``."""
+    ds = Dataset()
+    ds.file_meta = _file_meta(s.sop_class, sop_uid)
+    _set_identity(ds, s, sop_uid, k)
+    _set_geometry(ds, s, k)
+    _set_pixel_module(ds, s, pixels)
+    return ds
+
+
 def write_dicom_series(volume: Volume, out_dir: str | os.PathLike, *, modality: str = "MR",
                        series_description: str = "medidiff export",
                        patient_id: str = "ANON", patient_name: str = "Anonymous^Sample",
@@ -97,126 +282,37 @@ def write_dicom_series(volume: Volume, out_dir: str | os.PathLike, *, modality: 
     ~3x smaller on skull-stripped data); default is uncompressed Explicit VR
     Little Endian. Returns the written paths in slice order (index ``k``).
     """
-    modality = modality.upper()
-    if modality not in _SOP_CLASS:
-        raise ValueError(f"modality must be one of {sorted(_SOP_CLASS)}, got {modality!r}")
-    if compression not in (None, "rle"):
-        raise ValueError("compression must be None or 'rle'")
-    if file_names not in ("sequential", "random"):
-        raise ValueError("file_names must be 'sequential' or 'random'")
+    modality = _check_options(modality, compression, file_names)
     rng = None
     if rng_or_seed is not None:
         rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
-
-    def uid() -> str:
-        if rng is None:
-            return generate_uid()
-        return generate_uid(entropy_srcs=[str(int(rng.integers(0, 2**63)))])
+    uid = _uid_maker(rng)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = np.asarray(volume.array, dtype=np.float64)
     a, row_dir, col_dir, dr, dc, normal = _geometry(volume.affine)
     nk = data.shape[2]
-    slice_gap = abs(float(np.dot(a[:3, 2], normal)))
-
-    slope, intercept = rescale_for(data)
-    stored = np.round((np.nan_to_num(data) - intercept) / slope)
-    stored = np.clip(stored, -32768, 32767).astype(np.int16)
-
+    slope, intercept, stored = _stored_int16(data)
+    # UIDs are drawn in this order (study, series, frame, file names, one per slice): seeded output depends on it.
     study_uid = study_uid or uid()
     series_uid = series_uid or uid()
     frame_uid = uid()
-    if rng is None:
-        now = _dt.datetime.now()
-        date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    else:
-        date, time = _FIXED_DATE, _FIXED_TIME
-    if derived:
-        image_type = ["DERIVED", "SECONDARY", "OTHER"]
-        if "synthetic" not in series_description.lower():
-            series_description = f"{series_description} (synthetic)"
-    else:
-        image_type = ["ORIGINAL", "PRIMARY", "OTHER"]
-    sop_class = _SOP_CLASS[modality]
-    if file_names == "random":
-        name_rng = rng if rng is not None else np.random.default_rng()
-        # A list, not a set: set order depends on the per-process string hash seed.
-        name_list: list[str] = []
-        while len(name_list) < nk:
-            name = "".join(name_rng.choice(list("0123456789ABCDEF"), size=8))
-            if name not in name_list:
-                name_list.append(name)
-    else:
-        name_list = [f"IM{k + 1:04d}" for k in range(nk)]
-
+    date, time = _date_time(rng)
+    image_type, series_description = _image_type(derived, series_description)
+    name_list = _slice_file_names(file_names, nk, rng)
     window_lo, window_hi = np.percentile(data, [0.5, 99.5]) if data.size else (0.0, 1.0)
+    series = _Series(modality=modality, sop_class=_SOP_CLASS[modality], image_type=image_type, date=date, time=time,
+                     series_description=series_description, patient_name=patient_name, patient_id=patient_id,
+                     study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, series_number=series_number,
+                     a_lps=a, row_dir=row_dir, col_dir=col_dir, row_spacing=dr, col_spacing=dc, normal=normal,
+                     slice_gap=abs(float(np.dot(a[:3, 2], normal))), rows=int(data.shape[1]),
+                     columns=int(data.shape[0]), slope=slope, intercept=intercept,
+                     window_lo=window_lo, window_hi=window_hi)
+
     paths: list[Path] = []
     for k in range(nk):
-        ipp = a[:3, :3] @ np.array([0.0, 0.0, float(k)]) + a[:3, 3]
-        sop_uid = uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = image_type
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
-        ds.AccessionNumber = ""
-        ds.Modality = modality
-        ds.Manufacturer = "medidiff"
-        ds.ReferringPhysicianName = ""
-        ds.SeriesDescription = series_description[:64]
-        ds.PatientName = patient_name
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
-        ds.PatientIdentityRemoved = "YES"
-        ds.BurnedInAnnotation = "NO"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = series_number
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.ImagePositionPatient = [_ds(v) for v in ipp]
-        ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
-        ds.SliceLocation = _ds(float(np.dot(normal, ipp)))
-        ds.PixelSpacing = [_ds(dr), _ds(dc)]
-        ds.SliceThickness = _ds(slice_gap)
-        ds.SpacingBetweenSlices = _ds(slice_gap)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = int(data.shape[1])
-        ds.Columns = int(data.shape[0])
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = _ds(intercept)
-        ds.RescaleSlope = _ds(slope)
-        ds.WindowCenter = _ds((window_lo + window_hi) / 2)
-        ds.WindowWidth = _ds(max(window_hi - window_lo, 1e-3))
-        if modality == "MR":
-            ds.ScanningSequence = "RM"  # research mode: no real acquisition behind it
-            ds.SequenceVariant = "NONE"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = "3D"
-            ds.EchoTime = ""
-            ds.RepetitionTime = ""
-            ds.EchoTrainLength = ""
-        else:
-            ds.RescaleType = "HU"
-            ds.KVP = ""
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
+        ds = _slice_dataset(series, uid(), k, stored[:, :, k])
         if compression == "rle":
             ds.compress(RLELossless, generate_instance_uid=False)  # lossless: keep our (seeded) UID
         path = out_dir / name_list[k]
@@ -224,4 +320,3 @@ def write_dicom_series(volume: Volume, out_dir: str | os.PathLike, *, modality: 
             ds.save_as(tmp, enforce_file_format=True)
         paths.append(path)
     return paths
-

@@ -211,6 +211,105 @@ def _info(kind: str, mask: np.ndarray, spacing: np.ndarray, **extra: Any) -> Ano
     }
 
 
+def _checked_inputs(image: np.ndarray, spacing: Sequence[float], brain_mask: np.ndarray | None,
+                    blocked: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(float32 image, spacing array, brain mask, blocked mask), refusing shapes and masks no lesion fits."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 3:
+        raise ValueError(f"need a 3D image, got shape {img.shape}")
+    spacing_arr = np.asarray(spacing, dtype=np.float64)
+    if spacing_arr.shape != (3,) or np.any(spacing_arr <= 0):
+        raise ValueError(f"spacing must be three positive numbers (mm), got {spacing}")
+    brain = estimate_brain_mask(img) if brain_mask is None else np.asarray(brain_mask, dtype=bool)
+    if brain.shape != img.shape:
+        raise ValueError(f"brain mask shape {brain.shape} differs from image {img.shape}")
+    if not brain.any():
+        raise ValueError("brain mask is empty: nowhere to put a lesion")
+    blocked_arr = np.zeros(img.shape, bool) if blocked is None else np.asarray(blocked, dtype=bool)
+    return img, spacing_arr, brain, blocked_arr
+
+
+def _draw_diameter(kind: str, diameter_mm: tuple[float, float] | None, rng: np.random.Generator) -> float:
+    """Equivalent-sphere diameter in mm, log-uniform in the requested (or the kind's default) range."""
+    lo_d, hi_d = diameter_mm if diameter_mm is not None else DEFAULT_DIAMETER_MM[kind]
+    if not 0 < lo_d <= hi_d:
+        raise ValueError(f"diameter_mm must satisfy 0 < min <= max, got {(lo_d, hi_d)}")
+    return float(np.exp(rng.uniform(np.log(lo_d), np.log(hi_d))))
+
+
+def _white_matter(img: np.ndarray, brain: np.ndarray, wm_prob: np.ndarray | None) -> np.ndarray:
+    """Where a white-matter cluster may go: wm_prob > 0.5 in the brain (or estimated), else the whole brain."""
+    wm = (np.asarray(wm_prob) > 0.5) & brain if wm_prob is not None else estimate_wm_mask(img, brain)
+    return wm if wm.any() else brain
+
+
+def _place_blob(img: np.ndarray, spacing: np.ndarray, brain: np.ndarray, blocked: np.ndarray, diam: float,
+                rng: np.random.Generator) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """Pick a free centre and shape one irregular blob there: (box, soft weight w, shape field f, the
+    box's allowed voxels); w and f cover ``img[box]``."""
+    allowed = brain & ~blocked
+    centre = _pick_centre(_centre_candidates(brain, blocked, spacing, diam / 2), rng)
+    if centre is None:
+        raise ValueError("no free brain voxel left for another lesion")
+    half = np.ceil((diam * 0.9 + 3 * spacing.max()) / spacing).astype(int) + 2
+    box = _box(centre, half, img.shape)
+    c_in = [c - s.start for c, s in zip(centre, box)]
+    w, f = _irregular_shape(img[box].shape, c_in, spacing, diam, rng, allowed[box])
+    return box, w, f, allowed[box]
+
+
+def _hypo_hyper(kind: str, sub: np.ndarray, w: np.ndarray, contrast: tuple[float, float] | None,
+                spread: float, p1: float, local_level: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+    """A darker or brighter lesion; a dark one never goes below the darkest brain tissue (CSF level)."""
+    c_lo, c_hi = contrast if contrast is not None else ((0.35, 0.7) if kind == "hyper" else (0.4, 0.7))
+    delta = float(rng.uniform(c_lo, c_hi)) * spread * (1.0 if kind == "hyper" else -1.0)
+    new = sub + w * delta
+    if kind == "hypo":
+        new = np.where(w > 0, np.maximum(new, min(p1, local_level + delta)), new)
+    return new, {"delta": delta, "local_level": local_level}
+
+
+def _ring(sub: np.ndarray, w: np.ndarray, f: np.ndarray, region: np.ndarray, spacing: np.ndarray,
+          contrast: tuple[float, float] | None, spread: float, p1: float,
+          rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+    """A bright rim around a dark core (ring enhancement)."""
+    c_lo, c_hi = contrast if contrast is not None else (0.5, 0.9)
+    rim_delta = float(rng.uniform(c_lo, c_hi)) * spread
+    core_delta = -float(rng.uniform(0.4, 0.7)) * spread
+    # The core is the inner part of the blob: the top fraction of f inside it.
+    core_frac = float(rng.uniform(0.25, 0.5))
+    inner = f[region]
+    core_thr = np.quantile(inner, 1.0 - core_frac) if inner.size else np.inf
+    rim_width = max(float(spacing.max()), 1.0)
+    dist_in = ndi.distance_transform_edt(region, sampling=spacing)
+    core = region & (f >= core_thr) & (dist_in > rim_width)
+    core_w = ndi.gaussian_filter(core.astype(np.float32), 0.6) * region
+    rim_w = np.clip(w - core_w, 0.0, 1.0)
+    new = sub + rim_w * rim_delta + core_w * (core_delta)
+    new = np.where(core_w > 0, np.maximum(new, p1), new)
+    return new, {"delta": rim_delta, "core_delta": core_delta, "core_voxels": int(core.sum())}
+
+
+def _texture(sub: np.ndarray, w: np.ndarray, region: np.ndarray, spacing: np.ndarray,
+             contrast: tuple[float, float] | None, spread: float, local_level: float,
+             rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+    """A slight shift in level with a grain finer or coarser than the anatomy's."""
+    c_lo, c_hi = contrast if contrast is not None else (0.05, 0.15)
+    shift = float(rng.uniform(c_lo, c_hi)) * spread * float(rng.choice([-1.0, 1.0]))
+    local_sd = float(np.std(sub[region])) if region.sum() > 3 else 0.1 * spread
+    local_sd = max(local_sd, 0.08 * spread)
+    # Either finer or coarser grain than anatomy: both are "different frequency".
+    if rng.random() < 0.5:
+        sigma_mm, grain = 0.5 * float(spacing.min()), "fine"
+    else:
+        sigma_mm, grain = float(rng.uniform(3.0, 5.0)), "coarse"
+    pattern = _smooth_noise(sub.shape, np.maximum(sigma_mm / spacing, 0.3), rng)
+    mean_in = float(np.mean(sub[region])) if region.any() else local_level
+    target = mean_in + shift + float(rng.uniform(0.8, 1.2)) * local_sd * pattern
+    return (1.0 - w) * sub + w * target, {"delta": shift, "grain": grain, "pattern_sd": local_sd}
+
+
 # --------------------------------------------------------------------------- public API
 
 def insert_anomaly(image: np.ndarray, spacing: Sequence[float], kind: str,
@@ -247,96 +346,35 @@ def insert_anomaly(image: np.ndarray, spacing: Sequence[float], kind: str,
     if kind not in KINDS:
         raise ValueError(f"unknown anomaly kind {kind!r}; choose from {KINDS}")
     rng = as_generator(rng)
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim != 3:
-        raise ValueError(f"need a 3D image, got shape {img.shape}")
-    spacing_arr = np.asarray(spacing, dtype=np.float64)
-    if spacing_arr.shape != (3,) or np.any(spacing_arr <= 0):
-        raise ValueError(f"spacing must be three positive numbers (mm), got {spacing}")
-    brain = estimate_brain_mask(img) if brain_mask is None else np.asarray(brain_mask, dtype=bool)
-    if brain.shape != img.shape:
-        raise ValueError(f"brain mask shape {brain.shape} differs from image {img.shape}")
-    if not brain.any():
-        raise ValueError("brain mask is empty: nowhere to put a lesion")
-    blocked_arr = np.zeros(img.shape, bool) if blocked is None else np.asarray(blocked, dtype=bool)
-
-    lo_d, hi_d = diameter_mm if diameter_mm is not None else DEFAULT_DIAMETER_MM[kind]
-    if not 0 < lo_d <= hi_d:
-        raise ValueError(f"diameter_mm must satisfy 0 < min <= max, got {(lo_d, hi_d)}")
-    diam = float(np.exp(rng.uniform(np.log(lo_d), np.log(hi_d))))
+    img, spacing_arr, brain, blocked_arr = _checked_inputs(image, spacing, brain_mask, blocked)
+    diam = _draw_diameter(kind, diameter_mm, rng)
     stats = _brain_stats(img, brain)
-
     if kind == "wm_cluster":
-        wm = (np.asarray(wm_prob) > 0.5) & brain if wm_prob is not None else estimate_wm_mask(img, brain)
-        if not wm.any():
-            wm = brain
+        wm = _white_matter(img, brain, wm_prob)
         return _wm_cluster(img, spacing_arr, rng, brain, wm, blocked_arr, diam, stats, contrast)
 
     if kind == "ring":  # a rim needs a few voxels of room to exist
         diam = max(diam, 5.0 * float(spacing_arr.max()))
-    allowed_global = brain & ~blocked_arr
-    centre = _pick_centre(_centre_candidates(brain, blocked_arr, spacing_arr, diam / 2), rng)
-    if centre is None:
-        raise ValueError("no free brain voxel left for another lesion")
-    half = np.ceil((diam * 0.9 + 3 * spacing_arr.max()) / spacing_arr).astype(int) + 2
-    box = _box(centre, half, img.shape)
-    c_in = [c - s.start for c, s in zip(centre, box)]
+    box, w, f, allowed = _place_blob(img, spacing_arr, brain, blocked_arr, diam, rng)
     sub = img[box]
-    w, f = _irregular_shape(sub.shape, c_in, spacing_arr, diam, rng, allowed_global[box])
     region = w >= 0.5
-
     # Local tissue level: median of brain voxels in a shell around the lesion.
-    around = ndi.binary_dilation(region, iterations=3) & allowed_global[box]
+    around = ndi.binary_dilation(region, iterations=3) & allowed
     local = sub[around] if around.sum() >= 10 else img[brain]
     local_level = float(np.median(local))
     p1, _, spread = stats
-    extra: dict[str, Any] = {}
-
     if kind in ("hypo", "hyper"):
-        c_lo, c_hi = contrast if contrast is not None else ((0.35, 0.7) if kind == "hyper" else (0.4, 0.7))
-        delta = float(rng.uniform(c_lo, c_hi)) * spread * (1.0 if kind == "hyper" else -1.0)
-        new = sub + w * delta
-        if kind == "hypo":  # never darker than the darkest brain tissue (CSF level)
-            new = np.where(w > 0, np.maximum(new, min(p1, local_level + delta)), new)
-        extra = {"delta": delta, "local_level": local_level}
+        new, extra = _hypo_hyper(kind, sub, w, contrast, spread, p1, local_level, rng)
     elif kind == "ring":
-        c_lo, c_hi = contrast if contrast is not None else (0.5, 0.9)
-        rim_delta = float(rng.uniform(c_lo, c_hi)) * spread
-        core_delta = -float(rng.uniform(0.4, 0.7)) * spread
-        # The core is the inner part of the blob: the top fraction of f inside it.
-        core_frac = float(rng.uniform(0.25, 0.5))
-        inner = f[region]
-        core_thr = np.quantile(inner, 1.0 - core_frac) if inner.size else np.inf
-        rim_width = max(float(spacing_arr.max()), 1.0)
-        dist_in = ndi.distance_transform_edt(region, sampling=spacing_arr)
-        core = region & (f >= core_thr) & (dist_in > rim_width)
-        core_w = ndi.gaussian_filter(core.astype(np.float32), 0.6) * region
-        rim_w = np.clip(w - core_w, 0.0, 1.0)
-        new = sub + rim_w * rim_delta + core_w * (core_delta)
-        new = np.where(core_w > 0, np.maximum(new, p1), new)
-        extra = {"delta": rim_delta, "core_delta": core_delta, "core_voxels": int(core.sum())}
-    else:  # texture
-        c_lo, c_hi = contrast if contrast is not None else (0.05, 0.15)
-        shift = float(rng.uniform(c_lo, c_hi)) * spread * float(rng.choice([-1.0, 1.0]))
-        local_sd = float(np.std(sub[region])) if region.sum() > 3 else 0.1 * spread
-        local_sd = max(local_sd, 0.08 * spread)
-        # Either finer or coarser grain than anatomy: both are "different frequency".
-        if rng.random() < 0.5:
-            sigma_mm, grain = 0.5 * float(spacing_arr.min()), "fine"
-        else:
-            sigma_mm, grain = float(rng.uniform(3.0, 5.0)), "coarse"
-        pattern = _smooth_noise(sub.shape, np.maximum(sigma_mm / spacing_arr, 0.3), rng)
-        mean_in = float(np.mean(sub[region])) if region.any() else local_level
-        target = mean_in + shift + float(rng.uniform(0.8, 1.2)) * local_sd * pattern
-        new = (1.0 - w) * sub + w * target
-        extra = {"delta": shift, "grain": grain, "pattern_sd": local_sd}
+        new, extra = _ring(sub, w, f, region, spacing_arr, contrast, spread, p1, rng)
+    else:
+        new, extra = _texture(sub, w, region, spacing_arr, contrast, spread, local_level, rng)
 
     out = img.copy()
     out[box] = new.astype(np.float32)
     mask = np.zeros(img.shape, dtype=np.uint8)
     mask[box] = region
     return out, mask, _info(kind, mask, spacing_arr, requested_diameter_mm=diam, **extra)
-
 
 def _wm_cluster(img: np.ndarray, spacing: np.ndarray, rng: np.random.Generator, brain: np.ndarray,
                 wm: np.ndarray, blocked: np.ndarray, extent_mm: float,

@@ -391,11 +391,8 @@ def _differences(rec: dict[str, Any], settings: dict[str, Any], seed: int,
     return diffs
 
 
-def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, device: str = "auto",
-                   progress: bool = True, log: Callable[[str], None] = print) -> SynthSummary:
-    from ..runtime import resolve_device, set_threads
-
-    t_start = time.perf_counter()
+def _check_anomaly_options(opts: SynthOptions) -> None:
+    """Refuse a bad anomaly fraction or kind before the generator is loaded."""
     if not 0 <= float(opts.anomaly_fraction) <= 1:
         raise ValueError(f"anomaly fraction must be in [0, 1], got {opts.anomaly_fraction}")
     if opts.anomaly_kinds:
@@ -404,38 +401,44 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
         bad = [k for k in opts.anomaly_kinds if k not in KINDS]
         if bad:
             raise ValueError(f"unknown anomaly kind(s) {bad}; choose from {KINDS}")
-    out = Path(out)
-    pairs = plan(opts)
-    set_threads()
-    loaded, sampler, noise, kind = open_generator(model, resolve_device(device), opts.sampler, opts.guidance)
-    scfg = sampler.cfg
-    conditioned = bool(getattr(sampler, "conditioning", ()))
-    cond_of = {idx: opts.condition_for(idx) for idx, _ in pairs}
+
+
+def _check_conditions(kind: str, sampler, cond_of: dict[int, dict[str, Any] | None]) -> None:
+    """Refuse conditions a pixel-space model cannot take, or a latent generator was not trained with."""
     if kind != "latent_diffusion" and any(cond_of.values()):
         raise ValueError("--condition needs a conditioned latent-diffusion generator; this is a pixel-space model")
     if kind == "latent_diffusion":
         for c in {condition_text(c): c for c in cond_of.values()}.values():
             sampler.condition_tensor(c, 1)  # refuses a condition the generator was not trained with
-    guidance = float(sampler.guidance) if conditioned else None
+
+
+def _precision(scfg: SamplerConfig, device) -> str:
+    """The precision the sampler actually runs at on ``device``."""
     try:
         from ..runtime import resolve_precision
 
-        precision = resolve_precision(scfg.precision, loaded.device)
+        return resolve_precision(scfg.precision, device)
     except ImportError:  # older runtime module
-        precision = scfg.precision
-    settings = _settings(loaded, scfg, opts, precision, noise, guidance)
-    pcfg = loaded.preprocess_config
-    spacing = tuple(float(s) for s in pcfg.spacing)
-    affine = grid_affine(pcfg)
-    modality = "CT" if pcfg.modality == "ct" else "MR"
-    run_settings = {**settings, "model_kind": kind, "base_seed": int(opts.base_seed), "grid": list(pcfg.grid),
-                    "spacing_mm": list(spacing), "affine": affine.tolist(), "units": "model",
-                    "space": pcfg.space, "batch_size": int(scfg.batch_size),
-                    "conditioning": list(getattr(sampler, "conditioning", ())),
-                    "intensity_note": ("MRI: white-matter median = 0.8 (background 0)" if pcfg.intensity == "wm_median"
-                                       else "MRI: x / p99.5 inside the brain (background 0, brain ~[0, 1])")
-                    + "; CT: HU window mapped to [0, 1]"}
+        return scfg.precision
 
+
+def _run_settings(settings: dict[str, Any], kind: str, opts: SynthOptions, pcfg, spacing: tuple[float, ...],
+                  affine: np.ndarray, scfg: SamplerConfig, sampler) -> dict[str, Any]:
+    """The run-level record written beside the manifest: settings plus grid, units and intensity note."""
+    return {**settings, "model_kind": kind, "base_seed": int(opts.base_seed), "grid": list(pcfg.grid),
+            "spacing_mm": list(spacing), "affine": affine.tolist(), "units": "model",
+            "space": pcfg.space, "batch_size": int(scfg.batch_size),
+            "conditioning": list(getattr(sampler, "conditioning", ())),
+            "intensity_note": ("MRI: white-matter median = 0.8 (background 0)" if pcfg.intensity == "wm_median"
+                               else "MRI: x / p99.5 inside the brain (background 0, brain ~[0, 1])")
+            + "; CT: HU window mapped to [0, 1]"}
+
+
+def _sort_existing(out: Path, pairs: list[tuple[int, int]], settings: dict[str, Any], opts: SynthOptions,
+                   cond_of: dict[int, dict[str, Any] | None]
+                   ) -> tuple[list[tuple[int, int]], int, list[dict[str, Any]]]:
+    """(indices to generate, number already complete, complete ones that still need a DICOM export);
+    raises SynthConflict when the folder holds samples made with other settings and no --overwrite."""
     existing = {int(r["index"]): r for r in read_sidecars(out)}
     todo: list[tuple[int, int]] = []
     n_existing = 0
@@ -459,6 +462,83 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
         more = f" (+{len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
         raise SynthConflict(f"{out} holds samples made with other settings: " + "; ".join(conflicts[:3]) + more
                             + " — use another --out, the same settings, or --overwrite")
+    return todo, n_existing, dicom_only
+
+
+def _export_stored_dicom(out: Path, recs: list[dict[str, Any]], affine: np.ndarray, modality: str,
+                         ct_window: Sequence[float]) -> None:
+    """--dicom added on a re-run: export the stored NIfTI, no resampling."""
+    from ..io.nifti import read_nifti
+
+    for rec in recs:
+        img = read_nifti(out / rec["file"]).array
+        rec["dicom_dir"] = _write_dicom(img, affine, out, rec["scan_id"], int(rec["seed"]), int(rec["index"]),
+                                        modality, ct_window)
+        write_text_atomic(out / SIDE_DIR / f"{rec['scan_id']}.json", _dump(rec))
+
+
+def _generate(todo: list[tuple[int, int]], sampler, kind: str, scfg: SamplerConfig,
+              cond_of: dict[int, dict[str, Any] | None], progress: bool,
+              finish: Callable[[np.ndarray, int, int, float, dict[str, Any]], None]) -> tuple[int, float]:
+    """Sample ``todo`` in batches under a progress bar, handing each image to ``finish``;
+    returns (samples done, seconds spent sampling)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    gen_seconds = 0.0
+    n_done = 0
+    steps = int(scfg.steps)
+    columns = [TextColumn("[bold]synthesize"), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.fields[samples]}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("", total=len(todo) * steps, samples=f"0/{len(todo)} samples")
+        bs = int(scfg.batch_size)
+        for start in range(0, len(todo), bs):
+            chunk = todo[start:start + bs]
+            bar.update(task, description=", ".join(scan_id(i) for i, _ in chunk[:2])
+                       + (" ..." if len(chunk) > 2 else ""))
+            b = len(chunk)
+            t0 = time.perf_counter()
+            if kind == "latent_diffusion":
+                images = sampler.sample([s for _, s in chunk], on_step=lambda k: bar.advance(task, b),
+                                        conditions=[cond_of[i] for i, _ in chunk])
+            else:
+                images = sampler.sample([s for _, s in chunk], on_step=lambda k: bar.advance(task, b))
+            dt = time.perf_counter() - t0
+            gen_seconds += dt
+            for k, (idx, seed) in enumerate(chunk):
+                finish(images[k], idx, seed, dt / b, {"batch_size": b, "batch_seconds": round(dt, 4),
+                                                      "condition": cond_of[idx]})
+                n_done += 1
+            bar.update(task, samples=f"{n_done}/{len(todo)} samples")
+    return n_done, gen_seconds
+
+
+def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, device: str = "auto",
+                   progress: bool = True, log: Callable[[str], None] = print) -> SynthSummary:
+    from ..runtime import resolve_device, set_threads
+
+    t_start = time.perf_counter()
+    _check_anomaly_options(opts)
+    out = Path(out)
+    pairs = plan(opts)
+    set_threads()
+    loaded, sampler, noise, kind = open_generator(model, resolve_device(device), opts.sampler, opts.guidance)
+    scfg = sampler.cfg
+    conditioned = bool(getattr(sampler, "conditioning", ()))
+    cond_of = {idx: opts.condition_for(idx) for idx, _ in pairs}
+    _check_conditions(kind, sampler, cond_of)
+    guidance = float(sampler.guidance) if conditioned else None
+    precision = _precision(scfg, loaded.device)
+    settings = _settings(loaded, scfg, opts, precision, noise, guidance)
+    pcfg = loaded.preprocess_config
+    spacing = tuple(float(s) for s in pcfg.spacing)
+    affine = grid_affine(pcfg)
+    modality = "CT" if pcfg.modality == "ct" else "MR"
+    run_settings = _run_settings(settings, kind, opts, pcfg, spacing, affine, scfg, sampler)
+
+    todo, n_existing, dicom_only = _sort_existing(out, pairs, settings, opts, cond_of)
     out.mkdir(parents=True, exist_ok=True)
     log(f"synthesize: {len(pairs)} sample(s) requested, {n_existing} already in {out}, {len(todo)} to generate "
         f"({scfg.sampler}, {scfg.steps} steps, temperature {scfg.temperature:g}, batch {scfg.batch_size}, "
@@ -466,46 +546,16 @@ def synthesize_run(model: str | Path, out: str | Path, opts: SynthOptions, devic
         + (f"; conditions: {', '.join(sorted({condition_text(c) or 'none' for c in cond_of.values()}))}, "
            f"guidance {guidance:g}" if conditioned else ""))
 
+    def finish(image: np.ndarray, idx: int, seed: int, seconds: float, batch: dict[str, Any]) -> None:
+        _finish_sample(out, image, idx, seed, settings, opts, affine, spacing, modality, pcfg.ct_window,
+                       seconds, batch)
+
     gen_seconds = 0.0
     n_done = 0
     try:
-        for rec in dicom_only:  # --dicom added on a re-run: export the stored NIfTI, no resampling
-            from ..io.nifti import read_nifti
-
-            img = read_nifti(out / rec["file"]).array
-            rec["dicom_dir"] = _write_dicom(img, affine, out, rec["scan_id"], int(rec["seed"]), int(rec["index"]),
-                                            modality, pcfg.ct_window)
-            write_text_atomic(out / SIDE_DIR / f"{rec['scan_id']}.json", _dump(rec))
+        _export_stored_dicom(out, dicom_only, affine, modality, pcfg.ct_window)
         if todo:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            steps = int(scfg.steps)
-            columns = [TextColumn("[bold]synthesize"), TextColumn("{task.description}"), BarColumn(),
-                       TextColumn("{task.fields[samples]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                       TimeRemainingColumn()]
-            with Progress(*columns, disable=not progress, transient=False) as bar:
-                task = bar.add_task("", total=len(todo) * steps, samples=f"0/{len(todo)} samples")
-                bs = int(scfg.batch_size)
-                for start in range(0, len(todo), bs):
-                    chunk = todo[start:start + bs]
-                    bar.update(task, description=", ".join(scan_id(i) for i, _ in chunk[:2])
-                               + (" ..." if len(chunk) > 2 else ""))
-                    b = len(chunk)
-                    t0 = time.perf_counter()
-                    if kind == "latent_diffusion":
-                        images = sampler.sample([s for _, s in chunk], on_step=lambda k: bar.advance(task, b),
-                                                conditions=[cond_of[i] for i, _ in chunk])
-                    else:
-                        images = sampler.sample([s for _, s in chunk], on_step=lambda k: bar.advance(task, b))
-                    dt = time.perf_counter() - t0
-                    gen_seconds += dt
-                    for k, (idx, seed) in enumerate(chunk):
-                        _finish_sample(out, images[k], idx, seed, settings, opts, affine, spacing, modality,
-                                       pcfg.ct_window, dt / b, {"batch_size": b, "batch_seconds": round(dt, 4),
-                                                                "condition": cond_of[idx]})
-                        n_done += 1
-                    bar.update(task, samples=f"{n_done}/{len(todo)} samples")
+            n_done, gen_seconds = _generate(todo, sampler, kind, scfg, cond_of, progress, finish)
     finally:
         recs = rebuild_outputs(out, run_settings)
     quality = None
