@@ -67,7 +67,7 @@ def test_kind_from_the_description(tmp_path):
     assert model_kind(broken) == PIXEL_KIND
 
 
-@pytest.mark.parametrize("name, kind", [("sample", PIXEL_KIND), ("brain_t1_2mm", PIXEL_KIND),
+@pytest.mark.parametrize("name, kind", [("brain_t1_4mm", PIXEL_KIND), ("brain_t1_2mm", PIXEL_KIND),
                                         ("generator", LATENT_KIND)])
 def test_shipped_models_keep_their_hash_and_kind(name, kind):
     folder = ROOT / "models" / name
